@@ -1,0 +1,121 @@
+"""Django admin: catalogs, landmarks, images (with a multi-file upload page), searches, jobs."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from retrieval import services
+from retrieval.errors import RetrievalError
+from retrieval.forms import CatalogUploadForm
+from retrieval.models import Catalog, CatalogImage, FeatureModel, Landmark, ReindexJob, SearchQuery
+
+
+@admin.register(Catalog)
+class CatalogAdmin(admin.ModelAdmin):
+    list_display = ["name", "active_model", "image_count", "created_at"]
+    search_fields = ["name"]
+    actions = ["reindex_catalogs"]
+
+    @admin.display(description="images")
+    def image_count(self, obj: Catalog) -> int:
+        return obj.images.count()
+
+    @admin.action(description="Reindex with the current feature model (background job)")
+    def reindex_catalogs(self, request: HttpRequest, queryset: QuerySet[Catalog]) -> None:
+        for catalog in queryset:
+            job = services.reindex_start(catalog=catalog)
+            self.message_user(request, f"Reindex job {job.pk} queued for {catalog.name}.")
+
+
+@admin.register(Landmark)
+class LandmarkAdmin(admin.ModelAdmin):
+    list_display = ["name", "catalog", "latitude", "longitude"]
+    list_filter = ["catalog"]
+    search_fields = ["name"]
+
+
+@admin.register(CatalogImage)
+class CatalogImageAdmin(admin.ModelAdmin):
+    list_display = ["id", "thumbnail", "original_name", "catalog", "landmark", "status", "failure_reason", "created_at"]
+    list_filter = ["catalog", "status", "landmark"]
+    search_fields = ["original_name", "sha256", "external_id"]
+    readonly_fields = ["sha256", "width", "height", "status", "failure_reason", "indexed_at", "created_at", "updated_at"]
+    actions = ["reindex_images"]
+    change_list_template = "admin/retrieval/catalogimage/change_list.html"
+
+    @admin.display(description="photo")
+    def thumbnail(self, obj: CatalogImage) -> str:
+        url = reverse("catalog-image-file", args=[obj.pk])
+        return format_html('<img src="{}" style="max-height:48px;max-width:80px">', url)
+
+    @admin.action(description="Index again")
+    def reindex_images(self, request: HttpRequest, queryset: QuerySet[CatalogImage]) -> None:
+        ids = list(queryset.values_list("pk", flat=True))
+        queryset.update(status=CatalogImage.Status.PENDING, failure_reason="")
+        for image_id in ids:
+            services._enqueue("index_image", image_id)
+        self.message_user(request, f"{len(ids)} image(s) queued for indexing.")
+
+    def get_urls(self) -> list:
+        custom = [path("upload/", self.admin_site.admin_view(self.upload_view), name="retrieval_catalogimage_upload")]
+        return custom + super().get_urls()
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None) -> HttpResponse:
+        return redirect("admin:retrieval_catalogimage_upload")
+
+    def upload_view(self, request: HttpRequest) -> HttpResponse:
+        """Upload one or many photos into a catalog, with a landmark."""
+        form = CatalogUploadForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                catalog = form.cleaned_data["catalog"] or services.catalog_get_or_create(
+                    name=form.cleaned_data["new_catalog"].strip()
+                )
+            except RetrievalError as exc:
+                form.add_error("new_catalog", exc.message)
+            else:
+                landmark = services.landmark_get_or_create(catalog=catalog, name=form.cleaned_data["landmark"])
+                added = 0
+                for upload in form.cleaned_data["files"]:
+                    try:
+                        services.image_ingest_unique(
+                            catalog=catalog, data=upload.read(), filename=upload.name, landmark=landmark
+                        )
+                        added += 1
+                    except RetrievalError as exc:
+                        messages.error(request, f"{upload.name}: {exc.message}")
+                if added:
+                    messages.success(request, f"{added} image(s) added to {catalog.name} and queued for indexing.")
+                return redirect("admin:retrieval_catalogimage_changelist")
+        context = {**self.admin_site.each_context(request), "form": form, "title": "Upload catalog photos", "opts": self.model._meta}
+        return render(request, "admin/retrieval/catalogimage/upload.html", context)
+
+
+@admin.register(SearchQuery)
+class SearchQueryAdmin(admin.ModelAdmin):
+    list_display = ["id", "catalog", "status", "landmark_name", "landmark_confidence", "created_at"]
+    list_filter = ["catalog", "status"]
+    readonly_fields = [f.name for f in SearchQuery._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(ReindexJob)
+class ReindexJobAdmin(admin.ModelAdmin):
+    list_display = ["id", "catalog", "model", "status", "processed", "total", "failed", "created_at", "finished_at"]
+    readonly_fields = [f.name for f in ReindexJob._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(FeatureModel)
+class FeatureModelAdmin(admin.ModelAdmin):
+    list_display = ["name", "version", "global_dim", "local_dim", "created_at"]
+    readonly_fields = ["name", "version", "global_dim", "local_dim", "config", "created_at"]

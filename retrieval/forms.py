@@ -1,0 +1,76 @@
+"""Input validation for the web form, the API and the admin upload."""
+
+from __future__ import annotations
+
+from django import forms
+
+from retrieval.models import Catalog
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("widget", MultipleFileInput())
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def clean(self, data: object, initial: object = None) -> list[object]:
+        single = super().clean
+        if isinstance(data, (list, tuple)):
+            return [single(item, initial) for item in data]
+        return [single(data, initial)]
+
+
+def parse_bbox(raw: str) -> list[float] | None:
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    try:
+        values = [float(v) for v in raw.replace(" ", ",").split(",") if v]
+    except ValueError:
+        raise forms.ValidationError("bbox must be four numbers: x1,y1,x2,y2.") from None
+    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
+        raise forms.ValidationError("bbox must be four numbers x1,y1,x2,y2 with x1 < x2 and y1 < y2.")
+    return values
+
+
+class SearchForm(forms.Form):
+    image = forms.FileField(help_text="A photo of a landmark.")
+    catalog = forms.ModelChoiceField(
+        queryset=Catalog.objects.all(), to_field_name="name", required=False,
+        help_text="Defaults to the only catalog, or the one named 'default'.",
+    )  # fmt: skip
+    top_k = forms.IntegerField(min_value=1, max_value=100, initial=10, required=False)
+    bbox = forms.CharField(required=False, help_text="Optional region x1,y1,x2,y2 in query pixels.")
+
+    def clean_bbox(self) -> list[float] | None:
+        return parse_bbox(self.cleaned_data.get("bbox", ""))
+
+    def clean_catalog(self) -> Catalog:
+        catalog = self.cleaned_data.get("catalog")
+        if catalog is not None:
+            return catalog
+        catalogs = list(Catalog.objects.all()[:2])
+        if len(catalogs) == 1:
+            return catalogs[0]
+        default = Catalog.objects.filter(name="default").first()
+        if default is None:
+            raise forms.ValidationError(
+                "No catalog exists yet." if not catalogs else "Several catalogs exist: choose one with 'catalog'."
+            )
+        return default
+
+
+class CatalogUploadForm(forms.Form):
+    catalog = forms.ModelChoiceField(queryset=Catalog.objects.all(), required=False)
+    new_catalog = forms.CharField(required=False, help_text="Or create a catalog with this name.")
+    landmark = forms.CharField(required=False, max_length=200, help_text="Landmark shown in all these photos.")
+    files = MultipleFileField(help_text="One or many photos (select several files).")
+
+    def clean(self) -> dict[str, object]:
+        cleaned = super().clean()
+        if not cleaned.get("catalog") and not cleaned.get("new_catalog"):
+            raise forms.ValidationError("Choose a catalog or name a new one.")
+        return cleaned

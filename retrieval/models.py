@@ -1,0 +1,220 @@
+"""Catalogs, landmarks, catalog images, their descriptors, searches and reindex jobs."""
+
+from __future__ import annotations
+
+from django.core.validators import RegexValidator
+from django.db import models
+from pgvector.django import HalfVectorField
+
+catalog_name_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+    "Use letters, digits, '.', '_' and '-' (starting with a letter or digit).",
+)
+
+
+class FeatureModel(models.Model):
+    """One extractor configuration (name + version) that produced stored descriptors.
+
+    Rows of two versions coexist until a reindex switches a catalog over; each model
+    gets its own partial HNSW index (see ``retrieval.services.feature_model_ensure``).
+    """
+
+    name = models.CharField(max_length=100)
+    version = models.CharField(max_length=200)
+    global_dim = models.PositiveIntegerField()
+    local_dim = models.PositiveIntegerField()
+    config = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["name", "version"], name="featuremodel_unique_version")]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def hnsw_index_name(self) -> str:
+        return f"retrieval_descriptor_hnsw_m{self.pk}"
+
+
+class Catalog(models.Model):
+    """A searchable collection of landmark photos; a search runs within one catalog."""
+
+    name = models.CharField(max_length=100, unique=True, validators=[catalog_name_validator])
+    description = models.TextField(blank=True)
+    active_model = models.ForeignKey(
+        FeatureModel,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The model whose descriptors serve searches; set by indexing and reindex jobs.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Landmark(models.Model):
+    catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="landmarks")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    latitude = models.FloatField(null=True, blank=True)
+    longitude = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["catalog", "name"], name="landmark_unique_name_per_catalog")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def catalog_image_path(instance: CatalogImage, filename: str) -> str:
+    return f"catalog/{instance.catalog_id}/{instance.sha256[:2]}/{instance.sha256}{_suffix(filename)}"
+
+
+def query_image_path(instance: SearchQuery, filename: str) -> str:
+    return f"queries/{instance.created_at:%Y/%m/%d}/{instance.sha256}{_suffix(filename)}"
+
+
+def _suffix(filename: str) -> str:
+    dot = filename.rfind(".")
+    suffix = filename[dot:].lower() if dot >= 0 else ""
+    return suffix if len(suffix) <= 6 and suffix[1:].isalnum() else ""
+
+
+class CatalogImage(models.Model):
+    """A catalog photo.
+
+    Status machine: ``pending`` (stored, task enqueued) -> ``processing`` (a worker
+    claimed it) -> ``indexed`` or ``failed`` (``failure_reason`` says why). A reindex or
+    a retry puts it back to ``pending``.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        PROCESSING = "processing"
+        INDEXED = "indexed"
+        FAILED = "failed"
+
+    catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="images")
+    landmark = models.ForeignKey(Landmark, null=True, blank=True, on_delete=models.SET_NULL, related_name="images")
+    file = models.FileField(upload_to=catalog_image_path, max_length=300)
+    original_name = models.CharField(max_length=300, blank=True)
+    external_id = models.CharField(max_length=200, blank=True, help_text="Id from an imported dataset, if any.")
+    sha256 = models.CharField(max_length=64)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    indexed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["catalog", "sha256"], name="catalogimage_unique_sha256")]
+        indexes = [models.Index(fields=["catalog", "status"], name="catalogimage_status")]
+
+    def __str__(self) -> str:
+        return self.original_name or self.sha256[:12]
+
+
+class ImageDescriptor(models.Model):
+    """Global descriptor and local features of one image, made by one feature model.
+
+    ``embedding`` is an L2-normalised ``halfvec`` without a fixed dimension so that models
+    of different widths (up to 4000, pgvector's halfvec HNSW limit) coexist; each model
+    has a partial expression index ``(embedding::halfvec(D)) WHERE model_id = M``.
+    ``local_features`` is the blob of ``retrieval.vision.features.LocalFeatures``.
+    """
+
+    image = models.ForeignKey(CatalogImage, on_delete=models.CASCADE, related_name="descriptors")
+    catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="+")
+    model = models.ForeignKey(FeatureModel, on_delete=models.PROTECT, related_name="descriptors")
+    embedding = HalfVectorField()
+    local_features = models.BinaryField()
+    num_local = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["image", "model"], name="descriptor_unique_image_model")]
+        indexes = [models.Index(fields=["model", "catalog"], name="descriptor_model_catalog")]
+
+
+class SearchQuery(models.Model):
+    """One search.
+
+    Status machine: ``pending`` (stored, task enqueued) -> ``running`` -> ``done`` or
+    ``failed`` (``error`` says why). ``results`` is the ranked list; ``timings_ms`` has
+    one entry per stage (queue, decode, extract, shortlist, verify, total).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="searches")
+    image = models.FileField(upload_to=query_image_path, max_length=300)
+    sha256 = models.CharField(max_length=64)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    bbox = models.JSONField(null=True, blank=True, help_text="[x1, y1, x2, y2] region of the query to search with.")
+    top_k = models.PositiveIntegerField(default=10)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    error = models.TextField(blank=True)
+    model = models.ForeignKey(FeatureModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    results = models.JSONField(default=list, blank=True)
+    landmark_name = models.CharField(max_length=200, blank=True)
+    landmark_confidence = models.FloatField(null=True, blank=True)
+    timings_ms = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "search queries"
+
+
+class ReindexJob(models.Model):
+    """Background re-extraction of a catalog (or all) with the current feature model.
+
+    Status machine: ``pending`` -> ``running`` -> ``done`` / ``failed``. ``processed``
+    out of ``total`` is the progress. When it finishes, each catalog's ``active_model``
+    switches to ``model``; until then searches keep using the old rows.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    catalog = models.ForeignKey(Catalog, null=True, blank=True, on_delete=models.CASCADE, related_name="reindex_jobs")
+    model = models.ForeignKey(
+        FeatureModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="Set by the worker: the model it re-extracts with.",
+    )  # fmt: skip
+    stale_only = models.BooleanField(default=False)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    total = models.PositiveIntegerField(default=0)
+    processed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @property
+    def progress(self) -> float:
+        return self.processed / self.total if self.total else 1.0

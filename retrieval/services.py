@@ -1,0 +1,472 @@
+"""Writes: ingestion, indexing, search and reindexing. Keyword-only arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from retrieval import selectors
+from retrieval.errors import DuplicateImage, InvalidInput, NotFound, PayloadTooLarge, RetrievalError, from_image_error
+from retrieval.models import (
+    Catalog,
+    CatalogImage,
+    FeatureModel,
+    ImageDescriptor,
+    Landmark,
+    ReindexJob,
+    SearchQuery,
+    catalog_name_validator,
+)
+from retrieval.vision import preprocessing
+from retrieval.vision.extractors.base import Extractor
+from retrieval.vision.features import ImageFeatures, LocalFeatures
+from retrieval.vision.ranking import recognise, rerank
+from retrieval.vision.verification import Verification, verify_pair
+
+logger = logging.getLogger(__name__)
+
+# Inlier correspondences kept per result for drawing (the top results only).
+DRAWN_RESULTS = 10
+DRAWN_MATCHES = 150
+
+
+# --- catalogs ---------------------------------------------------------------------------
+
+
+def catalog_get_or_create(*, name: str) -> Catalog:
+    try:
+        catalog_name_validator(name)
+    except ValidationError as exc:
+        raise InvalidInput(f"Invalid catalog name {name!r}: {exc.messages[0]}") from None
+    catalog, _ = Catalog.objects.get_or_create(name=name)
+    return catalog
+
+
+def landmark_get_or_create(*, catalog: Catalog, name: str | None) -> Landmark | None:
+    name = (name or "").strip()
+    if not name:
+        return None
+    landmark, _ = Landmark.objects.get_or_create(catalog=catalog, name=name[:200])
+    return landmark
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    image: CatalogImage
+    created: bool
+
+
+def image_decode(*, data: bytes) -> np.ndarray:
+    """Validate an upload; returns (H, W, 3) uint8 RGB or raises an InvalidImage."""
+    if len(data) > settings.LANDMARKS_MAX_UPLOAD_BYTES:
+        raise PayloadTooLarge(
+            f"The file is {len(data):,} bytes; the limit is {settings.LANDMARKS_MAX_UPLOAD_BYTES:,}."
+        )
+    try:
+        return preprocessing.decode_image(
+            data, max_pixels=settings.LANDMARKS_MAX_IMAGE_PIXELS, min_side=settings.LANDMARKS_MIN_IMAGE_SIDE
+        )
+    except preprocessing.ImageError as exc:
+        raise from_image_error(exc) from None
+
+
+def image_ingest(
+    *, catalog: Catalog, data: bytes, filename: str, landmark: Landmark | None = None, external_id: str = ""
+) -> IngestResult:
+    """Store a catalog photo and enqueue its indexing once the transaction commits.
+
+    A file already in the catalog (same sha256) is not stored or indexed again: the
+    existing image comes back with ``created=False``.
+    """
+    rgb = image_decode(data=data)
+    sha256 = hashlib.sha256(data).hexdigest()
+    existing = CatalogImage.objects.filter(catalog=catalog, sha256=sha256).first()
+    if existing is not None:
+        return IngestResult(existing, created=False)
+    image = CatalogImage(
+        catalog=catalog,
+        landmark=landmark,
+        sha256=sha256,
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        original_name=filename[-300:],
+        external_id=external_id[:200],
+    )
+    image.file.save(filename, ContentFile(data), save=False)
+    try:
+        with transaction.atomic():
+            image.save()
+    except IntegrityError:  # the same file raced in through another request
+        image.file.delete(save=False)
+        existing = CatalogImage.objects.filter(catalog=catalog, sha256=sha256).first()
+        if existing is None:
+            raise
+        return IngestResult(existing, created=False)
+    _enqueue("index_image", image.pk)
+    return IngestResult(image, created=True)
+
+
+def image_ingest_unique(
+    *, catalog: Catalog, data: bytes, filename: str, landmark: Landmark | None = None
+) -> CatalogImage:
+    """Like :func:`image_ingest` but a duplicate is an error (admin and API uploads)."""
+    result = image_ingest(catalog=catalog, data=data, filename=filename, landmark=landmark)
+    if not result.created:
+        raise DuplicateImage(
+            f"{filename} is already in catalog {catalog.name} as image {result.image.pk} (same content)."
+        )
+    return result.image
+
+
+def image_index(*, image_id: int) -> CatalogImage | None:
+    """Extract and store the features of one catalog image (Celery worker).
+
+    Idempotent: an image already indexed with the current model is left alone. Any
+    failure marks the image ``failed`` with the reason; nothing is raised, so one bad
+    file never stops a worker or a batch.
+    """
+    image = CatalogImage.objects.select_related("catalog").filter(pk=image_id).first()
+    if image is None:
+        logger.info("image %s was deleted before it was indexed", image_id)
+        return None
+    from retrieval.extraction import get_extractor
+
+    extractor = get_extractor()
+    model = feature_model_ensure(extractor=extractor)
+    if image.status == CatalogImage.Status.INDEXED and image.descriptors.filter(model=model).exists():
+        return image
+    CatalogImage.objects.filter(pk=image_id).update(status=CatalogImage.Status.PROCESSING, updated_at=timezone.now())
+    ok = _extract_and_store(image=image, extractor=extractor, model=model)
+    if ok:
+        Catalog.objects.filter(pk=image.catalog_id, active_model__isnull=True).update(active_model=model)
+    image.refresh_from_db()
+    return image
+
+
+def _extract_and_store(*, image: CatalogImage, extractor: Extractor, model: FeatureModel) -> bool:
+    """Extract ``image`` with ``extractor`` and upsert its descriptor row; sets the status."""
+    try:
+        with image.file.open("rb") as handle:
+            data = handle.read()
+        rgb = image_decode(data=data)
+        features = extractor.extract(rgb)
+    except FileNotFoundError:
+        _fail_image(image, "The stored file is missing.")
+        return False
+    except RetrievalError as exc:
+        _fail_image(image, exc.message)
+        return False
+    except Exception as exc:  # keep the worker alive; the reason is on the image
+        logger.exception("extraction failed for image %s", image.pk)
+        _fail_image(image, f"Feature extraction failed: {type(exc).__name__}: {exc}")
+        return False
+    descriptor_store(image=image, model=model, features=features)
+    CatalogImage.objects.filter(pk=image.pk).update(
+        status=CatalogImage.Status.INDEXED,
+        failure_reason="",
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        indexed_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    return True
+
+
+def _fail_image(image: CatalogImage, reason: str) -> None:
+    logger.warning("image %s failed: %s", image.pk, reason)
+    CatalogImage.objects.filter(pk=image.pk).update(
+        status=CatalogImage.Status.FAILED, failure_reason=reason, updated_at=timezone.now()
+    )
+
+
+def descriptor_store(*, image: CatalogImage, model: FeatureModel, features: ImageFeatures) -> ImageDescriptor:
+    descriptor, _ = ImageDescriptor.objects.update_or_create(
+        image=image,
+        model=model,
+        defaults={
+            "catalog_id": image.catalog_id,
+            "embedding": features.global_descriptor.astype(np.float32),
+            "local_features": features.local.to_bytes(),
+            "num_local": len(features.local),
+        },
+    )
+    return descriptor
+
+
+# --- feature models ---------------------------------------------------------------------
+
+_ensured: dict[tuple[str, str], FeatureModel] = {}
+
+
+def feature_model_ensure(*, extractor: Extractor) -> FeatureModel:
+    """The FeatureModel row for ``extractor`` and its partial HNSW index (created once)."""
+    key = (extractor.model_name, extractor.model_version)
+    cached = _ensured.get(key)
+    if cached is not None and FeatureModel.objects.filter(pk=cached.pk).exists():
+        return cached
+    model, _ = FeatureModel.objects.get_or_create(
+        name=extractor.model_name,
+        version=extractor.model_version,
+        defaults={"global_dim": extractor.global_dim, "local_dim": getattr(extractor, "local_dim", 0)},
+    )
+    table = ImageDescriptor._meta.db_table
+    with connection.cursor() as cursor:
+        # Serves exactly selectors.shortlist_sql(model): same expression, same predicate.
+        cursor.execute(
+            f"CREATE INDEX IF NOT EXISTS {model.hnsw_index_name} ON {table} "
+            f"USING hnsw ((embedding::halfvec({int(model.global_dim)})) halfvec_cosine_ops) "
+            f"WHERE model_id = {int(model.pk)}"
+        )
+    _ensured[key] = model
+    return model
+
+
+# --- search -----------------------------------------------------------------------------
+
+
+def search_create(
+    *, catalog: Catalog, data: bytes, filename: str, top_k: int = 10, bbox: list[float] | None = None
+) -> SearchQuery:
+    """Store a query photo and enqueue its search once the transaction commits."""
+    rgb = image_decode(data=data)
+    if bbox is not None:
+        try:
+            preprocessing.crop_bbox(rgb, tuple(bbox))  # type: ignore[arg-type]
+        except preprocessing.ImageError as exc:
+            raise InvalidInput(str(exc)) from None
+    if not catalog.images.exists():
+        raise InvalidInput(f"Catalog {catalog.name} has no images yet.")
+    query = SearchQuery(
+        catalog=catalog,
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        bbox=bbox,
+        top_k=top_k,
+        created_at=timezone.now(),
+    )
+    query.image.save(filename or "query.jpg", ContentFile(data), save=False)
+    query.save()
+    _enqueue("search_run", query.pk)
+    return query
+
+
+def search_wait(*, query_id: int, timeout: float, poll: float = 0.05) -> SearchQuery:
+    """Wait until the search finished or ``timeout`` seconds passed; returns its row."""
+    deadline = time.monotonic() + timeout
+    while True:
+        query = selectors.search_get(query_id=query_id)
+        if query is None:
+            raise NotFound(f"No search with id {query_id}.")
+        if query.status in (SearchQuery.Status.DONE, SearchQuery.Status.FAILED) or time.monotonic() >= deadline:
+            return query
+        time.sleep(poll)
+
+
+def search_execute(*, query_id: int) -> SearchQuery | None:
+    """Run one search (Celery worker): extract, shortlist, verify, rank, recognise.
+
+    Idempotent: only a ``pending`` search is claimed, so a redelivered task does nothing.
+    """
+    claimed = SearchQuery.objects.filter(pk=query_id, status=SearchQuery.Status.PENDING).update(
+        status=SearchQuery.Status.RUNNING
+    )
+    if not claimed:
+        return selectors.search_get(query_id=query_id)
+    query = SearchQuery.objects.select_related("catalog", "catalog__active_model").get(pk=query_id)
+    timings: dict[str, float] = {"queue": (timezone.now() - query.created_at).total_seconds() * 1000}
+    try:
+        _search_stages(query, timings)
+    except RetrievalError as exc:
+        _fail_search(query, exc.message, timings)
+    except Exception as exc:
+        logger.exception("search %s failed", query_id)
+        _fail_search(query, f"Search failed: {type(exc).__name__}: {exc}", timings)
+    return query
+
+
+def _timed(timings: dict[str, float], stage: str, func: Callable[[], object]) -> object:
+    start = time.perf_counter()
+    value = func()
+    timings[stage] = round((time.perf_counter() - start) * 1000, 2)
+    return value
+
+
+def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
+    from retrieval.extraction import get_extractor
+
+    started = time.perf_counter()
+    extractor = get_extractor()
+    model = feature_model_ensure(extractor=extractor)
+    if query.catalog.active_model_id not in (None, model.pk):
+        logger.warning(
+            "catalog %s is served by model %s but workers run %s: searching %s's rows; run `manage.py reindex`",
+            query.catalog.name, query.catalog.active_model, model, model,
+        )  # fmt: skip
+
+    def decode() -> np.ndarray:
+        with query.image.open("rb") as handle:
+            rgb = image_decode(data=handle.read())
+        crop, _ = preprocessing.crop_bbox(rgb, tuple(query.bbox) if query.bbox else None)  # type: ignore[arg-type]
+        return crop
+
+    crop = _timed(timings, "decode", decode)
+    features: ImageFeatures = _timed(timings, "extract", lambda: extractor.extract(crop))  # type: ignore[assignment]
+    if query.bbox:
+        offset = np.array(query.bbox[:2], np.float32).round()
+        features = dataclasses.replace(
+            features, local=dataclasses.replace(features.local, keypoints=features.local.keypoints + offset)
+        )
+    candidates: list[selectors.Candidate] = _timed(  # type: ignore[assignment]
+        timings,
+        "shortlist",
+        lambda: selectors.descriptor_shortlist(
+            catalog=query.catalog,
+            model=model,
+            query=features.global_descriptor,
+            limit=max(settings.LANDMARKS_SHORTLIST_SIZE, query.top_k),
+            ef_search=settings.LANDMARKS_HNSW_EF_SEARCH,
+        ),
+    )
+
+    stored: dict[int, LocalFeatures] = {}
+
+    def verify() -> dict[int, Verification]:
+        ids = [c.image_id for c in candidates[: settings.LANDMARKS_VERIFY_TOP]]
+        stored.update(selectors.local_features_for(model=model, image_ids=ids))
+        return {image_id: verify_pair(features.local, stored[image_id]) for image_id in ids if image_id in stored}
+
+    verifications: dict[int, Verification] = _timed(timings, "verify", verify)  # type: ignore[assignment]
+    min_inliers = settings.LANDMARKS_MIN_INLIERS
+    ranked = rerank(
+        [(c.image_id, c.similarity) for c in candidates],
+        {image_id: v.inliers for image_id, v in verifications.items()},
+        min_inliers=min_inliers,
+    )
+    images = {
+        image.pk: image
+        for image in CatalogImage.objects.select_related("landmark").filter(pk__in=[r.image_id for r in ranked])
+    }
+    labels = {pk: (image.landmark.name if image.landmark else None) for pk, image in images.items()}
+    recognition = recognise(ranked, labels, min_inliers=min_inliers)
+    results = []
+    for rank, result in enumerate(ranked[: query.top_k], start=1):
+        image = images.get(result.image_id)
+        if image is None:  # deleted meanwhile
+            continue
+        entry: dict[str, object] = {
+            "rank": rank,
+            "image_id": result.image_id,
+            "landmark": labels.get(result.image_id),
+            "score": round(result.score, 4),
+            "global_score": round(result.global_score, 4),
+            "inliers": result.inliers,
+            "verified": result.verified,
+            "width": image.width,
+            "height": image.height,
+            "name": image.original_name,
+            "external_id": image.external_id,
+        }
+        verification = verifications.get(result.image_id)
+        if rank <= DRAWN_RESULTS and verification is not None and result.verified:
+            stored_kp = stored[result.image_id]
+            pairs = verification.matches[:DRAWN_MATCHES]
+            q = features.local.keypoints[pairs[:, 0]]
+            c = stored_kp.keypoints[pairs[:, 1]]
+            entry["matches"] = np.round(np.concatenate([q, c], axis=1), 1).tolist()
+        results.append(entry)
+    timings["total"] = round((time.perf_counter() - started) * 1000 + timings["queue"], 2)
+    timings["queue"] = round(timings["queue"], 2)
+    SearchQuery.objects.filter(pk=query.pk).update(
+        status=SearchQuery.Status.DONE,
+        model=model,
+        results=results,
+        landmark_name=recognition.landmark if recognition else "",
+        landmark_confidence=recognition.confidence if recognition else None,
+        timings_ms=timings,
+        finished_at=timezone.now(),
+    )
+
+
+def _fail_search(query: SearchQuery, reason: str, timings: dict[str, float]) -> None:
+    SearchQuery.objects.filter(pk=query.pk).update(
+        status=SearchQuery.Status.FAILED, error=reason, timings_ms=timings, finished_at=timezone.now()
+    )
+
+
+# --- reindexing -------------------------------------------------------------------------
+
+
+def reindex_start(*, catalog: Catalog | None = None, stale_only: bool = False) -> ReindexJob:
+    """Create a reindex job and enqueue it; the worker resolves the current model."""
+    job = ReindexJob.objects.create(catalog=catalog, stale_only=stale_only)
+    _enqueue("reindex_run", job.pk)
+    return job
+
+
+def reindex_run(*, job_id: int) -> ReindexJob | None:
+    """Re-extract the job's images with the current model (Celery worker).
+
+    New descriptor rows are written next to the old model's; each catalog switches its
+    ``active_model`` only when every image has been processed.
+    """
+    claimed = ReindexJob.objects.filter(pk=job_id, status=ReindexJob.Status.PENDING).update(
+        status=ReindexJob.Status.RUNNING, started_at=timezone.now()
+    )
+    if not claimed:
+        return selectors.reindex_job_get(job_id=job_id)
+    job = ReindexJob.objects.select_related("catalog").get(pk=job_id)
+    try:
+        from retrieval.extraction import get_extractor
+
+        extractor = get_extractor()
+        model = feature_model_ensure(extractor=extractor)
+        images = (
+            selectors.stale_images(model=model, catalog=job.catalog)
+            if job.stale_only
+            else (CatalogImage.objects.filter(catalog=job.catalog) if job.catalog else CatalogImage.objects.all())
+        )
+        ids = list(images.order_by("pk").values_list("pk", flat=True))
+        ReindexJob.objects.filter(pk=job.pk).update(model=model, total=len(ids))
+        processed = failed = 0
+        for image in CatalogImage.objects.filter(pk__in=ids).order_by("pk").iterator(chunk_size=100):
+            CatalogImage.objects.filter(pk=image.pk).update(status=CatalogImage.Status.PROCESSING)
+            if not _extract_and_store(image=image, extractor=extractor, model=model):
+                failed += 1
+            processed += 1
+            ReindexJob.objects.filter(pk=job.pk).update(processed=processed, failed=failed)
+        catalogs = Catalog.objects.filter(pk=job.catalog_id) if job.catalog_id else Catalog.objects.all()
+        catalogs.update(active_model=model)
+        ReindexJob.objects.filter(pk=job.pk).update(status=ReindexJob.Status.DONE, finished_at=timezone.now())
+    except Exception as exc:
+        logger.exception("reindex job %s failed", job_id)
+        ReindexJob.objects.filter(pk=job.pk).update(
+            status=ReindexJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
+        )
+    job.refresh_from_db()
+    return job
+
+
+# --- queueing ---------------------------------------------------------------------------
+
+
+def _enqueue(task_name: str, object_id: int) -> None:
+    """Send the task after the current transaction commits (a worker never sees a row
+    that does not exist yet)."""
+    from retrieval import tasks
+
+    task = getattr(tasks, task_name)
+    transaction.on_commit(lambda: task.delay(object_id))

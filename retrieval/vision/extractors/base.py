@@ -1,0 +1,69 @@
+"""The interface every feature extractor implements."""
+
+from __future__ import annotations
+
+import abc
+from typing import ClassVar
+
+import numpy as np
+
+from retrieval.vision.features import ImageFeatures, LocalFeatures
+
+
+class GlobalExtractor(abc.ABC):
+    """Produces one L2-normalised global descriptor per image.
+
+    ``name`` and ``version`` may be set per instance: a global descriptor's version
+    depends on settings such as the input size (see ``EfficientNetLiteGeM``).
+    """
+
+    name: str
+    version: str
+
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """Dimension D of the global descriptor."""
+
+    @abc.abstractmethod
+    def extract_global(self, image: np.ndarray) -> np.ndarray:
+        """Args: image (H, W, 3) uint8 RGB. Returns (D,) float32 with unit L2 norm."""
+
+
+class LocalExtractor(abc.ABC):
+    """Produces up to ``max_features`` local features per image."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def dim(self) -> int:
+        """Dimension of each local descriptor."""
+
+    @abc.abstractmethod
+    def extract_local(self, image: np.ndarray) -> LocalFeatures:
+        """Args: image (H, W, 3) uint8 RGB. Returns keypoints in this image's pixels."""
+
+
+class Extractor(abc.ABC):
+    """A full pipeline: global descriptor plus local features for one image."""
+
+    @property
+    @abc.abstractmethod
+    def model_name(self) -> str:
+        """Stable name stored next to every descriptor this extractor makes."""
+
+    @property
+    @abc.abstractmethod
+    def model_version(self) -> str:
+        """Version stored next to every descriptor; a change makes old rows stale."""
+
+    @property
+    @abc.abstractmethod
+    def global_dim(self) -> int:
+        """Dimension of the global descriptor."""
+
+    @abc.abstractmethod
+    def extract(self, image: np.ndarray) -> ImageFeatures:
+        """Args: image (H, W, 3) uint8 RGB in original pixels."""

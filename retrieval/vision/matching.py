@@ -1,0 +1,39 @@
+"""Local descriptor matching: one-to-one (mutual nearest neighbours) with a ratio test."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def match_descriptors(
+    desc1: np.ndarray, desc2: np.ndarray, *, ratio: float = 0.85, mutual: bool = True
+) -> np.ndarray:
+    """Match L2-normalised descriptors.
+
+    A pair (i, j) is kept when j is i's nearest neighbour, the nearest is closer than
+    ``ratio`` times the second nearest (Lowe's test, on Euclidean distances), and, with
+    ``mutual``, i is also j's nearest neighbour, so every feature is used at most once.
+    Many-to-one matches inflate RANSAC inlier counts on unrelated images.
+
+    Args:
+        desc1: (N, D) float32, unit rows.
+        desc2: (M, D) float32, unit rows.
+    Returns:
+        (K, 2) int64 indices into desc1 and desc2; (0, 2) when nothing matches.
+    """
+    if desc1.ndim != 2 or desc2.ndim != 2 or desc1.shape[1] != desc2.shape[1]:
+        raise ValueError(f"descriptor shapes do not match: {desc1.shape} vs {desc2.shape}")
+    if len(desc1) == 0 or len(desc2) == 0:
+        return np.zeros((0, 2), np.int64)
+    similarity = desc1.astype(np.float32) @ desc2.astype(np.float32).T  # (N, M)
+    nn12 = np.argmax(similarity, axis=1)
+    rows = np.arange(len(desc1))
+    keep = np.ones(len(desc1), bool)
+    if len(desc2) >= 2 and ratio < 1.0:
+        top2 = np.partition(-similarity, 1, axis=1)[:, :2] * -1.0  # best, second best
+        dist = np.sqrt(np.maximum(2.0 - 2.0 * top2, 0.0))
+        keep &= dist[:, 0] < ratio * dist[:, 1]
+    if mutual:
+        nn21 = np.argmax(similarity, axis=0)
+        keep &= nn21[nn12] == rows
+    return np.stack([rows[keep], nn12[keep]], axis=1).astype(np.int64)

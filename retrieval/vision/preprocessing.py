@@ -1,0 +1,134 @@
+"""Decoding and validating uploaded images.
+
+Every accepted image comes out as (H, W, 3) uint8 RGB, upright (EXIF orientation
+applied), whatever it was stored as (grayscale, CMYK, palette, alpha, 16-bit). Anything
+else raises a subclass of :class:`ImageError` whose message can be shown to a user.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# Refuse truncated files instead of silently padding them with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(ValueError):
+    """An uploaded file cannot be used as an image; the message says why."""
+
+
+class EmptyImageError(ImageError):
+    pass
+
+
+class NotAnImageError(ImageError):
+    pass
+
+
+class CorruptImageError(ImageError):
+    pass
+
+
+class ImageTooLargeError(ImageError):
+    pass
+
+
+class ImageTooSmallError(ImageError):
+    pass
+
+
+def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 32) -> np.ndarray:
+    """Decode, validate and normalise an uploaded image.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: width * height above which the image is refused before decoding
+            (decompression bombs).
+        min_side: the smallest accepted width or height, in pixels.
+
+    Returns:
+        (H, W, 3) uint8 RGB array, EXIF orientation applied.
+    """
+    if not data:
+        raise EmptyImageError("The file is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise NotAnImageError("The file is not an image in a supported format (JPEG, PNG, WebP, TIFF, BMP, GIF).") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLargeError(f"The image has more than {max_pixels:,} pixels.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise CorruptImageError(f"The image header is corrupt: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"The image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}."
+        )
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"The image has more than {max_pixels:,} pixels.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise CorruptImageError(f"The image data is truncated or corrupt: {exc}") from None
+    rgb = _to_rgb(image)
+    height, width = rgb.shape[:2]
+    if min(width, height) < min_side:
+        raise ImageTooSmallError(f"The image is {width}x{height}; both sides must be at least {min_side} pixels.")
+    return rgb
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> (H, W, 3) uint8 RGB; transparency is composited on white."""
+    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max()
+        scale = 255.0 / top if top > 255 else 1.0
+        gray = np.clip(array * scale, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def resize_max_side(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Shrink so that the longer side is at most ``max_side`` (never enlarge).
+
+    Args:
+        image: (H, W, C) uint8.
+    Returns:
+        The resized (H', W', C) image and the factor s with resized = s * original coords.
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    longest = max(height, width)
+    if longest <= max_side:
+        return image, 1.0
+    scale = max_side / longest
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def crop_bbox(image: np.ndarray, bbox: tuple[float, float, float, float] | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Crop to ``[x1, y1, x2, y2]`` (clipped to the image); returns the crop and its offset."""
+    if bbox is None:
+        return image, (0, 0)
+    height, width = image.shape[:2]
+    x1, y1, x2, y2 = (int(round(v)) for v in bbox)
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
+    if x2 - x1 < 8 or y2 - y1 < 8:
+        raise ImageError(f"The box {list(bbox)} does not overlap the {width}x{height} image.")
+    return image[y1:y2, x1:x2], (x1, y1)

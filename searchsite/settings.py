@@ -1,0 +1,134 @@
+"""Django settings. Every value comes from the environment (see README, "Configuration")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from searchsite import env
+from searchsite.services import read_services_file
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = env.get_path("LANDMARKS_DATA_DIR", BASE_DIR / "var")
+MEDIA_ROOT = env.get_path("LANDMARKS_MEDIA_DIR", DATA_DIR / "media")
+MODEL_DIR = env.get_path("LANDMARKS_MODEL_DIR", BASE_DIR / "var" / "models")
+
+# With DATABASE_URL / REDIS_URL unset, use the embedded servers that `make run`
+# (searchsite.launcher) started and described in var/run/services.env.
+_embedded = read_services_file(DATA_DIR)
+DATABASE_URL = env.get_optional_str("DATABASE_URL") or _embedded.get("DATABASE_URL")
+REDIS_URL = env.get_optional_str("REDIS_URL") or _embedded.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+SECRET_KEY = env.get_str("DJANGO_SECRET_KEY", "insecure-local-development-key-change-me")
+DEBUG = env.get_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env.get_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.get_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "retrieval",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "searchsite.urls"
+WSGI_APPLICATION = "searchsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        DATABASE_URL or "postgres://postgres@127.0.0.1:5432/landmarks", conn_max_age=60
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+MEDIA_URL = "media/"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True  # serve admin assets without a collectstatic step
+
+# Uploads: anything larger than this is refused before it is decoded.
+LANDMARKS_MAX_UPLOAD_BYTES = env.get_int("LANDMARKS_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = LANDMARKS_MAX_UPLOAD_BYTES + 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+DATA_UPLOAD_MAX_NUMBER_FILES = env.get_int("LANDMARKS_MAX_FILES_PER_UPLOAD", 500, minimum=1)
+LANDMARKS_MAX_IMAGE_PIXELS = env.get_int("LANDMARKS_MAX_IMAGE_PIXELS", 50_000_000, minimum=1024)
+LANDMARKS_MIN_IMAGE_SIDE = env.get_int("LANDMARKS_MIN_IMAGE_SIDE", 32, minimum=1)
+
+# Feature extraction and search.
+LANDMARKS_EXTRACTOR = env.get_str("LANDMARKS_EXTRACTOR", "effnet-lite2-gem+rootsift")
+LANDMARKS_MAX_KEYPOINTS = env.get_int("LANDMARKS_MAX_KEYPOINTS", 1000, minimum=10)
+LANDMARKS_SHORTLIST_SIZE = env.get_int("LANDMARKS_SHORTLIST_SIZE", 100, minimum=1)
+LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
+LANDMARKS_MIN_INLIERS = env.get_int("LANDMARKS_MIN_INLIERS", 12, minimum=4)
+LANDMARKS_SEARCH_WAIT_SECONDS = env.get_float("LANDMARKS_SEARCH_WAIT_SECONDS", 60.0, minimum=0.0)
+LANDMARKS_HNSW_EF_SEARCH = env.get_int("LANDMARKS_HNSW_EF_SEARCH", 200, minimum=1)
+
+# Celery: JSON only; searches and indexing on separate queues so that a bulk import
+# never makes a person wait behind it.
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "index"
+CELERY_TASK_ROUTES = {"retrieval.tasks.search_*": {"queue": "search"}}
+CELERY_TASK_ALWAYS_EAGER = env.get_bool("LANDMARKS_TASKS_EAGER", False)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+
+LOG_LEVEL = env.get_str("LANDMARKS_LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "retrieval": {"level": LOG_LEVEL},
+        "searchsite": {"level": LOG_LEVEL},
+    },
+}
+LANDMARKS_GLOBAL_IMAGE_SIZE = env.get_int("LANDMARKS_GLOBAL_IMAGE_SIZE", 512, minimum=64)
+LANDMARKS_GLOBAL_SCALES = [float(s) for s in env.get_list("LANDMARKS_GLOBAL_SCALES", ["0.7071", "1.0", "1.4142"])]

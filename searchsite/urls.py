@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import path
+
+from retrieval import views
+
+urlpatterns = [
+    path("", views.search_page, name="search"),
+    path("searches/<int:query_id>/", views.search_detail_page, name="search-detail"),
+    path("searches/<int:query_id>/image", views.search_image_file, name="search-image-file"),
+    path("images/<int:image_id>/file", views.catalog_image_file, name="catalog-image-file"),
+    path("api/search", views.api_search, name="api-search"),
+    path("api/search/<int:query_id>", views.api_search_detail, name="api-search-detail"),
+    path("admin/", admin.site.urls),
+]

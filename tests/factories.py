@@ -1,0 +1,67 @@
+"""factory_boy factories for the retrieval models."""
+
+from __future__ import annotations
+
+import hashlib
+
+import factory
+import numpy as np
+from django.core.files.base import ContentFile
+
+from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescriptor, Landmark
+from retrieval.vision.features import LocalFeatures
+
+
+class CatalogFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Catalog
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"catalog-{n}")
+
+
+class LandmarkFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Landmark
+
+    catalog = factory.SubFactory(CatalogFactory)
+    name = factory.Sequence(lambda n: f"landmark-{n}")
+
+
+class FeatureModelFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = FeatureModel
+        django_get_or_create = ("name", "version")
+
+    name = "test-model"
+    version = factory.Sequence(lambda n: f"v{n}")
+    global_dim = 8
+    local_dim = 4
+
+
+class CatalogImageFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = CatalogImage
+
+    catalog = factory.SubFactory(CatalogFactory)
+    sha256 = factory.Sequence(lambda n: hashlib.sha256(str(n).encode()).hexdigest())
+    file = factory.LazyAttribute(lambda o: ContentFile(b"not used", name=f"{o.sha256}.jpg"))
+    width = 640
+    height = 480
+    status = CatalogImage.Status.INDEXED
+
+
+class ImageDescriptorFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ImageDescriptor
+
+    image = factory.SubFactory(CatalogImageFactory)
+    catalog = factory.SelfAttribute("image.catalog")
+    model = factory.SubFactory(FeatureModelFactory)
+    embedding = factory.LazyFunction(lambda: _unit(np.random.default_rng().normal(size=8)))
+    local_features = factory.LazyFunction(lambda: LocalFeatures.empty(4).to_bytes())
+    num_local = 0
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)

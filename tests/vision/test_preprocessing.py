@@ -1,0 +1,110 @@
+"""Every kind of bad or unusual upload either decodes correctly or raises a clear ImageError."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retrieval.vision import preprocessing as pp
+from tests.conftest import encode, load_photo
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return load_photo("chelsea.png")  # 451 x 300 RGB
+
+
+def test_it_decodes_a_jpeg_to_rgb_uint8(photo: np.ndarray) -> None:
+    out = pp.decode_image(encode(photo))
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - photo).mean() < 4
+
+
+def test_it_refuses_an_empty_file() -> None:
+    with pytest.raises(pp.EmptyImageError, match="empty"):
+        pp.decode_image(b"")
+
+
+def test_it_refuses_a_file_that_is_not_an_image() -> None:
+    with pytest.raises(pp.NotAnImageError, match="not an image"):
+        pp.decode_image(b"%PDF-1.4 this is a pdf, not a photo" * 10)
+
+
+def test_it_refuses_a_truncated_jpeg(photo: np.ndarray) -> None:
+    data = encode(photo)
+    with pytest.raises(pp.CorruptImageError, match="truncated or corrupt"):
+        pp.decode_image(data[: len(data) // 2])
+
+
+def test_it_refuses_a_corrupt_png_body(photo: np.ndarray) -> None:
+    data = bytearray(encode(photo, "PNG"))
+    data[200:400] = b"\x00" * 200
+    with pytest.raises(pp.CorruptImageError):
+        pp.decode_image(bytes(data))
+
+
+def test_it_refuses_a_decompression_bomb_before_decoding() -> None:
+    # A 20000 x 20000 PNG compresses to ~50 kB; decoding it would take 1.2 GB.
+    bomb = encode(Image.new("L", (20000, 20000)), "PNG")
+    assert len(bomb) < 2_000_000
+    with pytest.raises(pp.ImageTooLargeError, match="limit|pixels"):
+        pp.decode_image(bomb, max_pixels=50_000_000)
+
+
+def test_it_refuses_images_smaller_than_the_minimum_side() -> None:
+    with pytest.raises(pp.ImageTooSmallError, match="at least 32"):
+        pp.decode_image(encode(np.zeros((20, 200, 3), np.uint8), "PNG"), min_side=32)
+
+
+def test_it_converts_grayscale_to_three_channels(photo: np.ndarray) -> None:
+    gray = Image.fromarray(photo).convert("L")
+    out = pp.decode_image(encode(gray, "PNG"))
+    assert out.shape == (*photo.shape[:2], 3)
+    assert np.array_equal(out[..., 0], out[..., 2])
+
+
+def test_it_converts_cmyk_to_rgb(photo: np.ndarray) -> None:
+    cmyk = Image.fromarray(photo).convert("CMYK")
+    out = pp.decode_image(encode(cmyk, "JPEG", quality=95))
+    assert out.shape == photo.shape
+    assert np.abs(out.astype(int) - photo).mean() < 12
+
+
+def test_it_composites_alpha_on_white() -> None:
+    rgba = np.zeros((64, 64, 4), np.uint8)
+    rgba[..., 0] = 255  # red, fully transparent on the left half
+    rgba[:, 32:, 3] = 255
+    out = pp.decode_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"))
+    assert tuple(out[10, 5]) == (255, 255, 255)
+    assert tuple(out[10, 50]) == (255, 0, 0)
+
+
+def test_it_scales_16_bit_images_to_8_bit() -> None:
+    ramp = (np.linspace(0, 65535, 128 * 64).reshape(64, 128)).astype(np.uint16)
+    image = Image.fromarray(ramp)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    out = pp.decode_image(buffer.getvalue())
+    assert out.dtype == np.uint8 and out.shape == (64, 128, 3)
+    assert out[0, 0, 0] == 0 and out[-1, -1, 0] == 255
+
+
+def test_it_applies_exif_orientation(photo: np.ndarray) -> None:
+    image = Image.fromarray(photo)
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored rotated: display needs a 90 degree clockwise turn
+    out = pp.decode_image(encode(image, "JPEG", exif=exif, quality=95))
+    assert out.shape == (photo.shape[1], photo.shape[0], 3)
+
+
+def test_crop_bbox_returns_the_region_and_its_offset(photo: np.ndarray) -> None:
+    crop, offset = pp.crop_bbox(photo, (10, 20, 110, 220))
+    assert crop.shape == (200, 100, 3) and offset == (10, 20)
+
+
+def test_crop_bbox_refuses_a_box_outside_the_image(photo: np.ndarray) -> None:
+    with pytest.raises(pp.ImageError, match="does not overlap"):
+        pp.crop_bbox(photo, (5000, 5000, 6000, 6000))
