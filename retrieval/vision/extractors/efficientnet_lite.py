@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def block_specs(variant: str) -> tuple[BlockSpec, ...]:
     blocks: list[BlockSpec] = []
     last = len(_B0_STAGES) - 1
     for i, (repeats, kernel, stride, expand, cin, cout) in enumerate(_B0_STAGES):
-        n = repeats if i in (0, last) else int(math.ceil(depth * repeats))
+        n = repeats if i in (0, last) else math.ceil(depth * repeats)
         cin = STEM_CHANNELS if i == 0 else _round_filters(cin, width)
         cout = _round_filters(cout, width)
         blocks.append(BlockSpec(kernel, stride, expand, cin, cout))
@@ -167,7 +168,9 @@ def build_efficientnet_lite(variant: str, *, include_top: bool = False) -> keras
     return keras.Model(inputs, x, name=f"efficientnet_{variant}")
 
 
-def _conv_bn(x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str, *, relu: bool = True) -> keras.KerasTensor:
+def _conv_bn(
+    x: keras.KerasTensor, filters: int, kernel: int, stride: int, name: str, *, relu: bool = True
+) -> keras.KerasTensor:
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     if relu:
@@ -260,7 +263,12 @@ def convert_weights(variant: str, out_path: str | Path) -> str:
         layer.set_weights([a.astype(np.float32) for a in arrays])
     if weights:
         raise ValueError(f"converted weights left unused: {sorted(weights)}")
-    model.save_weights(out_path)
+    with warnings.catch_warnings():
+        # Keras' h5 writer calls np.array() on TF variables: a numpy-2 copy= warning per variable.
+        warnings.filterwarnings(
+            "ignore", message=".*__array__ implementation doesn't accept a copy", category=DeprecationWarning
+        )
+        model.save_weights(out_path)
     logger.info("converted %s into %s", source.name, out_path)
     return _sha256(out_path)
 
@@ -378,9 +386,7 @@ class EfficientNetLiteGeM(GlobalExtractor):
         self.gem_p = float(gem_p)
         self.name = f"efficientnet-{variant}-gem"
         scale_tag = ",".join(f"{s:g}" for s in self.scales)
-        self.version = (
-            f"{DESCRIPTOR_CODE_VERSION}.{CONVERTER_VERSION}-s{self.image_size}-x{scale_tag}-p{self.gem_p:g}"
-        )
+        self.version = f"{DESCRIPTOR_CODE_VERSION}.{CONVERTER_VERSION}-s{self.image_size}-x{scale_tag}-p{self.gem_p:g}"
         self._model = load_efficientnet_lite(variant, cache_dir)
         self._pool = tf.function(
             self._pool_one,
@@ -402,7 +408,7 @@ class EfficientNetLiteGeM(GlobalExtractor):
 
     def extract_global(self, image: np.ndarray) -> np.ndarray:
         """Args: image (H, W, 3) uint8 RGB. Returns (1280,) float32 with unit L2 norm."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
         height, width = image.shape[:2]
         total = np.zeros(HEAD_CHANNELS, np.float64)

@@ -201,7 +201,7 @@ def _load_legacy(f: IO[bytes], file_size: int) -> dict[str, np.ndarray]:
             return _RestrictedUnpickler(f, loader).load()
         except (UnsafeWeightsError, WeightsFormatError):
             raise
-        except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+        except Exception as exc:  # any parse failure means a bad file
             raise WeightsFormatError(f"cannot parse legacy weights file: {exc}") from exc
 
     if load_one() != _LEGACY_MAGIC:
@@ -260,7 +260,7 @@ def _load_zip(path: Path) -> dict[str, np.ndarray]:
             result = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), loader).load()
         except (UnsafeWeightsError, WeightsFormatError):
             raise
-        except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+        except Exception as exc:  # any parse failure means a bad file
             raise WeightsFormatError(f"cannot parse weights archive: {exc}") from exc
     return _collect(result)
 

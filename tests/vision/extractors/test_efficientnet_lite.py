@@ -28,7 +28,16 @@ from retrieval.vision.extractors.torch_weights import load_state_dict  # noqa: E
 
 # Logits of the PyTorch reference (efficientnet-lite-pytorch 0.1.0, torch 2.14, eval mode)
 # on _gradient_image(): top 5 classes and three others, rounded to 1e-4.
-_TORCH_LOGITS = {807: 8.2765, 905: 7.3304, 687: 5.3496, 753: 4.9723, 854: 4.1385, 0: -0.3102, 500: -1.3741, 999: -0.3629}
+_TORCH_LOGITS = {
+    807: 8.2765,
+    905: 7.3304,
+    687: 5.3496,
+    753: 4.9723,
+    854: 4.1385,
+    0: -0.3102,
+    500: -1.3741,
+    999: -0.3629,
+}
 
 
 def _gradient_image(size: int = 224) -> np.ndarray:
@@ -127,7 +136,8 @@ def test_it_sums_the_per_scale_descriptors(extractor: EfficientNetLiteGeM, cache
         for size in (181, 256, 362)
     )
     np.testing.assert_allclose(multi, total / np.linalg.norm(total), atol=1e-5)
-    assert _cosine(multi, EfficientNetLiteGeM(variant="lite0", image_size=256, scales=(1.0,), cache_dir=cache_dir).extract_global(image)) < 0.9999
+    single = EfficientNetLiteGeM(variant="lite0", image_size=256, scales=(1.0,), cache_dir=cache_dir)
+    assert _cosine(multi, single.extract_global(image)) < 0.9999
 
 
 def test_its_version_names_the_settings(extractor: EfficientNetLiteGeM, cache_dir: Path) -> None:

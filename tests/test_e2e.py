@@ -1,0 +1,145 @@
+"""End to end with real parts: PostgreSQL + pgvector, Redis, a Celery worker, real photos.
+
+Catalog photos are a dozen real photographs shipped with scikit-image; each is its own
+"landmark". The query is a perspective-warped, rescaled, re-encoded copy of one of them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from retrieval.models import Catalog, CatalogImage, ImageDescriptor, ReindexJob
+from tests.conftest import encode
+
+pytestmark = [pytest.mark.e2e]
+
+
+def _wait_indexed(catalog: Catalog, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while catalog.images.filter(status__in=["pending", "processing"]).exists():
+        assert time.monotonic() < deadline, "the worker did not index the catalog in time"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path, real_photos: dict[str, np.ndarray]) -> Path:
+    for name, photo in real_photos.items():
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        (tmp_path / "photos" / name / f"{name}.jpg").write_bytes(encode(photo, quality=92))
+    return tmp_path / "photos"
+
+
+@pytest.fixture
+def indexed_catalog(celery_worker: object, photo_folder: Path) -> Catalog:
+    call_command("import_catalog", str(photo_folder), catalog="demo")
+    catalog = Catalog.objects.get(name="demo")
+    _wait_indexed(catalog)
+    catalog.refresh_from_db()
+    return catalog
+
+
+def _transformed_query(photo: np.ndarray) -> bytes:
+    height, width = photo.shape[:2]
+    src = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
+    dst = np.float32([[30, 20], [width - 10, 45], [width - 35, height - 5], [5, height - 30]])
+    warped = cv2.warpPerspective(photo, cv2.getPerspectiveTransform(src, dst), (width, height))
+    resized = cv2.resize(warped, (int(width * 1.3), int(height * 1.3)))
+    return encode(resized, quality=80)
+
+
+def test_import_indexes_every_photo_with_the_current_model(indexed_catalog: Catalog) -> None:
+    assert indexed_catalog.images.count() == 12
+    assert indexed_catalog.images.filter(status=CatalogImage.Status.INDEXED).count() == 12
+    descriptor = ImageDescriptor.objects.filter(catalog=indexed_catalog).select_related("model").first()
+    assert descriptor is not None and descriptor.num_local > 50
+    indexed_catalog.refresh_from_db()
+    assert indexed_catalog.active_model_id == descriptor.model_id
+    assert descriptor.model.name.startswith("effnet-lite0-gem+rootsift")
+    assert np.linalg.norm(np.asarray(descriptor.embedding, np.float32)) == pytest.approx(1.0, abs=1e-2)
+
+
+def test_search_finds_a_transformed_copy_at_rank_one_with_many_inliers(
+    indexed_catalog: Catalog, real_photos: dict[str, np.ndarray], client: Client
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    upload = SimpleUploadedFile("query.jpg", _transformed_query(real_photos["astronaut"]), "image/jpeg")
+    response = client.post("/api/search", {"image": upload, "catalog": "demo", "top_k": 5})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    top = body["results"][0]
+    assert top["landmark"] == "astronaut"
+    assert top["verified"] and top["inliers"] >= 50
+    assert all(not r["verified"] for r in body["results"][1:])
+    assert body["landmark"]["name"] == "astronaut" and 0 < body["landmark"]["confidence"] <= 1
+    assert {"queue", "extract", "shortlist", "verify", "total"} <= set(body["timings_ms"])
+    assert len(top["matches"]) >= 50 and len(top["matches"][0]) == 4
+    page = client.get(f"/searches/{body['id']}/")
+    assert page.status_code == 200 and b"astronaut" in page.content
+
+
+def test_search_for_an_unrelated_photo_is_no_match(indexed_catalog: Catalog, client: Client) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.conftest import load_photo
+
+    unrelated = load_photo("moon.png")  # not in the catalog
+    upload = SimpleUploadedFile("q.png", encode(unrelated, "PNG"), "image/png")
+    body = client.post("/api/search", {"image": upload, "catalog": "demo"}).json()
+    assert body["status"] == "done"
+    assert body["landmark"] is None
+    assert not any(r["verified"] for r in body["results"])
+
+
+def test_importing_the_same_files_again_indexes_nothing_twice(indexed_catalog: Catalog, photo_folder: Path, capsys) -> None:
+    call_command("import_catalog", str(photo_folder), catalog="demo")
+    assert "0 added" in capsys.readouterr().out
+    assert indexed_catalog.images.count() == 12
+    assert ImageDescriptor.objects.filter(catalog=indexed_catalog).count() == 12
+
+
+def test_a_corrupt_stored_file_fails_with_a_reason_and_the_worker_goes_on(
+    indexed_catalog: Catalog, real_photos: dict[str, np.ndarray]
+) -> None:
+    from retrieval import services
+
+    broken = indexed_catalog.images.first()
+    Path(broken.file.path).write_bytes(b"garbage")
+    healthy = services.image_ingest(
+        catalog=indexed_catalog, data=encode(np.fliplr(real_photos["coffee"]).copy()), filename="flipped.jpg"
+    ).image
+    broken.status = CatalogImage.Status.PENDING
+    broken.save()
+    services._enqueue("index_image", broken.pk)
+    _wait_indexed(indexed_catalog)
+    broken.refresh_from_db()
+    healthy.refresh_from_db()
+    assert broken.status == "failed" and "not an image" in broken.failure_reason
+    assert healthy.status == "indexed"
+
+
+def test_reindex_runs_in_the_background_and_switches_the_catalog(indexed_catalog: Catalog, settings, capsys) -> None:
+    from retrieval.extraction import reset_extractor
+
+    old_model = indexed_catalog.active_model
+    settings.LANDMARKS_MAX_KEYPOINTS = 300  # a new model version
+    reset_extractor()
+    try:
+        call_command("reindex", catalog="demo")
+    finally:
+        reset_extractor()
+    job = ReindexJob.objects.get()
+    assert job.status == "done" and job.processed == 12 and job.failed == 0
+    indexed_catalog.refresh_from_db()
+    assert indexed_catalog.active_model_id == job.model_id != old_model.pk
+    # Old rows are kept next to the new ones.
+    assert ImageDescriptor.objects.filter(model=old_model).count() == 12
+    assert ImageDescriptor.objects.filter(model=job.model, num_local__lte=300).count() == 12
+    assert "done: 12 processed" in capsys.readouterr().out
