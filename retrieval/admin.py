@@ -88,7 +88,7 @@ class CatalogImageAdmin(admin.ModelAdmin):
                         )
                         added += 1
                     except RetrievalError as exc:
-                        messages.error(request, f"{upload.name}: {exc.message}")
+                        messages.error(request, f"Skipped {upload.name}: {exc.message}")
                 if added:
                     messages.success(request, f"{added} image(s) added to {catalog.name} and queued for indexing.")
                 return redirect("admin:retrieval_catalogimage_changelist")

