@@ -26,14 +26,18 @@ def match_descriptors(
     if len(desc1) == 0 or len(desc2) == 0:
         return np.zeros((0, 2), np.int64)
     similarity = desc1.astype(np.float32) @ desc2.astype(np.float32).T  # (N, M)
-    nn12 = np.argmax(similarity, axis=1)
     rows = np.arange(len(desc1))
+    nn12 = np.argmax(similarity, axis=1)
+    best = similarity[rows, nn12]
     keep = np.ones(len(desc1), bool)
-    if len(desc2) >= 2 and ratio < 1.0:
-        top2 = np.partition(-similarity, 1, axis=1)[:, :2] * -1.0  # best, second best
-        dist = np.sqrt(np.maximum(2.0 - 2.0 * top2, 0.0))
-        keep &= dist[:, 0] < ratio * dist[:, 1]
     if mutual:
         nn21 = np.argmax(similarity, axis=0)
         keep &= nn21[nn12] == rows
+    if len(desc2) >= 2 and ratio < 1.0:
+        similarity[rows, nn12] = -np.inf  # in place: the matrix is not needed afterwards
+        second = similarity.max(axis=1)
+        # Euclidean distance between unit vectors: sqrt(2 - 2 cos).
+        dist1 = np.sqrt(np.maximum(2.0 - 2.0 * best, 0.0))
+        dist2 = np.sqrt(np.maximum(2.0 - 2.0 * second, 0.0))
+        keep &= dist1 < ratio * dist2
     return np.stack([rows[keep], nn12[keep]], axis=1).astype(np.int64)
