@@ -17,9 +17,26 @@ from retrieval.models import Catalog, CatalogImage, FeatureModel, Landmark, Rein
 
 @admin.register(Catalog)
 class CatalogAdmin(admin.ModelAdmin):
-    list_display = ["name", "active_model", "image_count", "created_at"]
+    list_display = ["name", "extractor_spec", "active_model", "image_count", "created_at"]
     search_fields = ["name"]
+    readonly_fields = ["active_model"]
     actions = ["reindex_catalogs"]
+
+    def save_model(self, request: HttpRequest, obj: Catalog, form: object, change: bool) -> None:
+        """A changed extractor goes through the service, which starts the reindex."""
+        new_spec = obj.extractor_spec
+        previous = Catalog.objects.filter(pk=obj.pk).values_list("extractor_spec", flat=True).first() if change else None
+        if change and new_spec and new_spec != previous:
+            obj.extractor_spec = previous or ""
+            super().save_model(request, obj, form, change)
+            try:
+                job = services.catalog_select_model(catalog=obj, spec=new_spec)
+            except RetrievalError as exc:
+                self.message_user(request, exc.message, level=messages.ERROR)
+                return
+            self.message_user(request, f"Reindex job {job.pk} queued: {obj.name} switches to {new_spec} when it ends.")
+            return
+        super().save_model(request, obj, form, change)
 
     @admin.display(description="images")
     def image_count(self, obj: Catalog) -> int:

@@ -70,6 +70,9 @@ RANKINGS = ("global", "verified")
 # the hand-marked points is at most this many pixels.
 TRANSFER_OK_PX = 10.0
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
+# The deepest ranking one search can return: the shortlist sets pgvector's hnsw.ef_search
+# to its limit, and pgvector accepts at most 1000.
+MAX_SEARCH_DEPTH = 1000
 
 
 @dataclasses.dataclass
@@ -207,7 +210,13 @@ def _evaluate_retrieval(
     with throwaway_catalog(dataset.name) as catalog:
         ids_of, failed, duplicates = _index_catalog(dataset, catalog, timings, progress=progress)
         indexed = sum(len(ids) for ids in ids_of.values())
-        outcomes = _run_queries(dataset, catalog, ids_of, timings, progress=progress)
+        depth = min(max(1, len(ids_of)), MAX_SEARCH_DEPTH)
+        if depth < len(ids_of):
+            logger.warning("rankings stop at %d of %d catalog images (pgvector's limit)", depth, len(ids_of))
+        outcomes = _run_queries(dataset, catalog, ids_of, timings, depth=depth, progress=progress)
+    # Each search asked for `depth` results, so its shortlist (max(shortlist_size, top_k))
+    # covered the whole catalog; the first verify_top by similarity were verified.
+    summary["settings"].update(search_top_k=depth, ranking_depth=min(top_k or indexed, indexed))
     labels = dataset.landmark_of()
     rankings: dict[str, dict[str, list[str]]] = {name: {} for name in RANKINGS}
     for outcome in outcomes:
@@ -321,10 +330,10 @@ def _run_queries(
     ids_of: Mapping[int, list[str]],
     timings: dict[str, list[float]],
     *,
+    depth: int,
     progress: bool,
 ) -> list[_QueryOutcome]:
-    """Search every query over the whole catalog, as ``POST /api/search`` does."""
-    depth = max(1, len(ids_of))
+    """Search every query as ``POST /api/search`` does, asking for ``depth`` results."""
     labels = dataset.landmark_of()
     outcomes = []
     for query in tqdm(dataset.queries, desc="searching", unit="query", disable=not progress):

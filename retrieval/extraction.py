@@ -10,15 +10,16 @@ import threading
 
 from django.conf import settings
 
-from retrieval.vision.extractors import ExtractorConfig, GlobalLocalExtractor, build_extractor
+from retrieval.vision.extractors import ExtractorConfig, build_extractor
+from retrieval.vision.extractors.base import Extractor
 
 _lock = threading.Lock()
-_extractor: GlobalLocalExtractor | None = None
+_extractors: dict[str, Extractor] = {}
 
 
-def extractor_config() -> ExtractorConfig:
+def extractor_config(spec: str | None = None) -> ExtractorConfig:
     return ExtractorConfig(
-        spec=settings.LANDMARKS_EXTRACTOR,
+        spec=spec or settings.LANDMARKS_EXTRACTOR,
         cache_dir=settings.MODEL_DIR,
         global_image_size=settings.LANDMARKS_GLOBAL_IMAGE_SIZE,
         global_scales=tuple(settings.LANDMARKS_GLOBAL_SCALES),
@@ -26,16 +27,16 @@ def extractor_config() -> ExtractorConfig:
     )
 
 
-def get_extractor() -> GlobalLocalExtractor:
-    global _extractor
+def get_extractor(spec: str | None = None) -> Extractor:
+    """The extractor for ``spec`` (default: ``LANDMARKS_EXTRACTOR``), built once per process."""
+    config = extractor_config(spec)
     with _lock:
-        if _extractor is None:
-            _extractor = build_extractor(extractor_config())
-        return _extractor
+        if config.spec not in _extractors:
+            _extractors[config.spec] = build_extractor(config)
+        return _extractors[config.spec]
 
 
 def reset_extractor() -> None:
-    """Forget the built extractor (tests that change the settings)."""
-    global _extractor
+    """Forget the built extractors (tests that change the settings)."""
     with _lock:
-        _extractor = None
+        _extractors.clear()

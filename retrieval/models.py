@@ -42,6 +42,12 @@ class Catalog(models.Model):
 
     name = models.CharField(max_length=100, unique=True, validators=[catalog_name_validator])
     description = models.TextField(blank=True)
+    extractor_spec = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Feature extractor for this catalog (e.g. effnet-lite0-gem+rootsift); blank: the server's "
+        "LANDMARKS_EXTRACTOR. Changing it starts a reindex.",
+    )
     active_model = models.ForeignKey(
         FeatureModel,
         null=True,

@@ -146,22 +146,58 @@ def image_index(*, image_id: int) -> CatalogImage | None:
     failure marks the image ``failed`` with the reason; nothing is raised, so one bad
     file never stops a worker or a batch.
     """
-    image = CatalogImage.objects.select_related("catalog").filter(pk=image_id).first()
+    image = CatalogImage.objects.select_related("catalog", "catalog__active_model").filter(pk=image_id).first()
     if image is None:
         logger.info("image %s was deleted before it was indexed", image_id)
         return None
     from retrieval.extraction import get_extractor
 
-    extractor = get_extractor()
-    model = feature_model_ensure(extractor=extractor)
-    if image.status == CatalogImage.Status.INDEXED and image.descriptors.filter(model=model).exists():
-        return image
-    CatalogImage.objects.filter(pk=image_id).update(status=CatalogImage.Status.PROCESSING, updated_at=timezone.now())
-    ok = _extract_and_store(image=image, extractor=extractor, model=model)
-    if ok:
+    # The catalog's model, and while a switch is under way also the model that still
+    # serves its searches, so that a new photo is findable before and after the switch.
+    specs = [catalog_extractor_spec(catalog=image.catalog)]
+    active = image.catalog.active_model
+    if active is not None and active.name not in specs and _buildable(active.name):
+        specs.append(active.name)
+    for spec in specs:
+        extractor = get_extractor(spec)
+        model = feature_model_ensure(extractor=extractor)
+        if image.status == CatalogImage.Status.INDEXED and image.descriptors.filter(model=model).exists():
+            continue
+        CatalogImage.objects.filter(pk=image_id).update(status=CatalogImage.Status.PROCESSING, updated_at=timezone.now())
+        if not _extract_and_store(image=image, extractor=extractor, model=model):
+            break
         Catalog.objects.filter(pk=image.catalog_id, active_model__isnull=True).update(active_model=model)
     image.refresh_from_db()
     return image
+
+
+def catalog_extractor_spec(*, catalog: Catalog) -> str:
+    """The extractor that indexes this catalog's new photos."""
+    return catalog.extractor_spec or settings.LANDMARKS_EXTRACTOR
+
+
+def _buildable(spec: str) -> bool:
+    from retrieval.vision.extractors import UnknownModelError, check_spec
+
+    try:
+        check_spec(spec)
+    except UnknownModelError:
+        return False
+    return True
+
+
+def catalog_select_model(*, catalog: Catalog, spec: str) -> ReindexJob:
+    """Switch a catalog to another extractor: new rows are made in the background and
+    searches keep using the current ones until the reindex job finishes."""
+    from retrieval.vision.extractors import UnknownModelError, check_spec
+
+    try:
+        check_spec(spec)
+    except UnknownModelError as exc:
+        raise InvalidInput(str(exc)) from None
+    Catalog.objects.filter(pk=catalog.pk).update(extractor_spec=spec)
+    catalog.extractor_spec = spec
+    return reindex_start(catalog=catalog, stale_only=True)
 
 
 def _extract_and_store(*, image: CatalogImage, extractor: Extractor, model: FeatureModel) -> bool:
@@ -328,11 +364,15 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
     from retrieval.extraction import get_extractor
 
     started = time.perf_counter()
-    extractor = get_extractor()
+    # Search with the model that serves the catalog (its rows are complete), which during
+    # a switch is the old one; fall back to the catalog's configured extractor.
+    active = query.catalog.active_model
+    spec = active.name if active is not None and _buildable(active.name) else catalog_extractor_spec(catalog=query.catalog)
+    extractor = get_extractor(spec)
     model = feature_model_ensure(extractor=extractor)
     if query.catalog.active_model_id not in (None, model.pk):
         logger.warning(
-            "catalog %s is served by model %s but workers run %s: searching %s's rows; run `manage.py reindex`",
+            "catalog %s is served by %s but this code builds %s: searching the rows of %s; run `manage.py reindex`",
             query.catalog.name, query.catalog.active_model, model, model,
         )  # fmt: skip
 
@@ -451,24 +491,29 @@ def reindex_run(*, job_id: int) -> ReindexJob | None:
     try:
         from retrieval.extraction import get_extractor
 
-        extractor = get_extractor()
-        model = feature_model_ensure(extractor=extractor)
-        images = (
-            selectors.stale_images(model=model, catalog=job.catalog)
-            if job.stale_only
-            else (CatalogImage.objects.filter(catalog=job.catalog) if job.catalog else CatalogImage.objects.all())
+        catalogs = [job.catalog] if job.catalog else list(Catalog.objects.order_by("pk"))
+        plan = []  # (catalog, extractor, model, image ids)
+        for catalog in catalogs:
+            extractor = get_extractor(catalog_extractor_spec(catalog=catalog))
+            model = feature_model_ensure(extractor=extractor)
+            images = (
+                selectors.stale_images(model=model, catalog=catalog)
+                if job.stale_only
+                else CatalogImage.objects.filter(catalog=catalog)
+            )
+            plan.append((catalog, extractor, model, list(images.order_by("pk").values_list("pk", flat=True))))
+        ReindexJob.objects.filter(pk=job.pk).update(
+            model=plan[-1][2] if plan else None, total=sum(len(ids) for *_, ids in plan)
         )
-        ids = list(images.order_by("pk").values_list("pk", flat=True))
-        ReindexJob.objects.filter(pk=job.pk).update(model=model, total=len(ids))
         processed = failed = 0
-        for image in CatalogImage.objects.filter(pk__in=ids).order_by("pk").iterator(chunk_size=100):
-            CatalogImage.objects.filter(pk=image.pk).update(status=CatalogImage.Status.PROCESSING)
-            if not _extract_and_store(image=image, extractor=extractor, model=model):
-                failed += 1
-            processed += 1
-            ReindexJob.objects.filter(pk=job.pk).update(processed=processed, failed=failed)
-        catalogs = Catalog.objects.filter(pk=job.catalog_id) if job.catalog_id else Catalog.objects.all()
-        catalogs.update(active_model=model)
+        for catalog, extractor, model, ids in plan:
+            for image in CatalogImage.objects.filter(pk__in=ids).order_by("pk").iterator(chunk_size=100):
+                CatalogImage.objects.filter(pk=image.pk).update(status=CatalogImage.Status.PROCESSING)
+                if not _extract_and_store(image=image, extractor=extractor, model=model):
+                    failed += 1
+                processed += 1
+                ReindexJob.objects.filter(pk=job.pk).update(processed=processed, failed=failed)
+            Catalog.objects.filter(pk=catalog.pk).update(active_model=model)
         ReindexJob.objects.filter(pk=job.pk).update(status=ReindexJob.Status.DONE, finished_at=timezone.now())
     except Exception as exc:
         logger.exception("reindex job %s failed", job_id)

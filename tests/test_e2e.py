@@ -143,3 +143,29 @@ def test_reindex_runs_in_the_background_and_switches_the_catalog(indexed_catalog
     assert ImageDescriptor.objects.filter(model=old_model).count() == 12
     assert ImageDescriptor.objects.filter(model=job.model, num_local__lte=300).count() == 12
     assert "done: 12 processed" in capsys.readouterr().out
+
+
+def test_selecting_another_model_reindexes_and_switches_when_done(
+    indexed_catalog: Catalog, real_photos: dict[str, np.ndarray], client: Client
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    old_model = indexed_catalog.active_model
+    call_command("select_model", "effnet-lite2-gem+rootsift", catalog="demo")
+    indexed_catalog.refresh_from_db()
+    assert indexed_catalog.extractor_spec == "effnet-lite2-gem+rootsift"
+    assert indexed_catalog.active_model.name == "effnet-lite2-gem+rootsift" != old_model.name
+    assert ImageDescriptor.objects.filter(model=indexed_catalog.active_model).count() == 12
+    upload = SimpleUploadedFile("q.jpg", _transformed_query(real_photos["coffee"]), "image/jpeg")
+    body = client.post("/api/search", {"image": upload, "catalog": "demo"}).json()
+    assert body["model"].startswith("effnet-lite2-gem+rootsift@")
+    assert body["results"][0]["landmark"] == "coffee" and body["results"][0]["verified"]
+
+
+def test_selecting_an_unknown_model_exits_with_a_message(indexed_catalog: Catalog) -> None:
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="unknown extractor"):
+        call_command("select_model", "resnet9000+magic", catalog="demo")
+    indexed_catalog.refresh_from_db()
+    assert indexed_catalog.extractor_spec == ""

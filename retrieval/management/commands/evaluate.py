@@ -53,6 +53,8 @@ class Command(BaseCommand):
             result = evaluation.evaluate(retrieval, pairs, top_k=top_k, progress=not no_progress)
         except DatasetError as exc:
             raise CommandError(str(exc)) from None
+        except KeyboardInterrupt:
+            raise CommandError("interrupted; the throw-away catalog was deleted") from None
         summary = result.summary
         # call_command() passes options as given, without the parser's type conversion.
         json_path, markdown_path, plots_dir = (Path(p) if p else None for p in (json_path, markdown_path, plots_dir))

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from tqdm import tqdm
 
 from retrieval import selectors, services
-from retrieval.models import ReindexJob
+from retrieval.management.jobs import follow_job
 
 
 class Command(BaseCommand):
     help = (
-        "Re-extract catalog images with the current feature model in a Celery worker. "
+        "Re-extract catalog images with each catalog's feature model in a Celery worker. "
         "Searches keep using the old rows until the job finishes."
     )
 
@@ -32,20 +30,5 @@ class Command(BaseCommand):
                 raise CommandError(f"no catalog named {catalog!r}")
         job = services.reindex_start(catalog=target, stale_only=stale_only)
         self.stdout.write(f"reindex job {job.pk} queued")
-        if no_wait:
-            return
-        deadline = time.monotonic() + timeout
-        with tqdm(desc=f"reindex job {job.pk}", unit="img") as bar:
-            while True:
-                job.refresh_from_db()
-                bar.total = job.total or None
-                bar.n = job.processed
-                bar.refresh()
-                if job.status in (ReindexJob.Status.DONE, ReindexJob.Status.FAILED):
-                    break
-                if time.monotonic() > deadline:
-                    raise CommandError(f"job {job.pk} still {job.status} after {timeout:.0f} s; is a worker running?")
-                time.sleep(0.5)
-        if job.status == ReindexJob.Status.FAILED:
-            raise CommandError(f"reindex job {job.pk} failed: {job.error}")
-        self.stdout.write(f"reindex job {job.pk} done: {job.processed} processed, {job.failed} failed, model {job.model}")
+        if not no_wait:
+            follow_job(job, stdout=self.stdout, timeout=timeout)

@@ -64,14 +64,21 @@ class GlobalLocalExtractor(Extractor):
         )
 
 
-def build_extractor(config: ExtractorConfig) -> GlobalLocalExtractor:
-    """Build the pipeline named by ``config.spec`` (loads weights; may take seconds)."""
-    global_name, sep, local_name = config.spec.partition("+")
+def check_spec(spec: str) -> None:
+    """Raise UnknownModelError unless ``spec`` names a pipeline this code can build
+    (cheap: loads nothing)."""
+    global_name, sep, local_name = spec.partition("+")
     if not sep or global_name not in GLOBAL_MODELS or local_name not in LOCAL_MODELS:
         raise UnknownModelError(
-            f"unknown extractor {config.spec!r}; choose <global>+<local> with global in "
+            f"unknown extractor {spec!r}; choose <global>+<local> with global in "
             f"{', '.join(GLOBAL_MODELS)} and local in {', '.join(LOCAL_MODELS)}"
         )
+
+
+def build_extractor(config: ExtractorConfig) -> Extractor:
+    """Build the pipeline named by ``config.spec`` (loads weights; may take seconds)."""
+    check_spec(config.spec)
+    global_name, _, local_name = config.spec.partition("+")
     from retrieval.vision.extractors.efficientnet_lite import EfficientNetLiteGeM
     from retrieval.vision.extractors.rootsift import RootSIFT
 

@@ -64,6 +64,11 @@ class Extractor(abc.ABC):
     def global_dim(self) -> int:
         """Dimension of the global descriptor."""
 
+    @property
+    @abc.abstractmethod
+    def local_dim(self) -> int:
+        """Dimension of each local descriptor."""
+
     @abc.abstractmethod
     def extract(self, image: np.ndarray) -> ImageFeatures:
         """Args: image (H, W, 3) uint8 RGB in original pixels."""

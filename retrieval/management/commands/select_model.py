@@ -1,0 +1,36 @@
+"""Switch a catalog to another feature extractor (starts a background reindex)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from retrieval import selectors, services
+from retrieval.errors import RetrievalError
+from retrieval.management.jobs import follow_job
+
+
+class Command(BaseCommand):
+    help = (
+        "Use SPEC (e.g. effnet-lite0-gem+rootsift) for a catalog. Its images are re-extracted "
+        "in a worker; searches use the old model until the job finishes."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("spec")
+        parser.add_argument("--catalog", required=True)
+        parser.add_argument("--no-wait", action="store_true")
+        parser.add_argument("--timeout", type=float, default=24 * 3600.0)
+
+    def handle(self, *args: Any, spec: str, catalog: str, no_wait: bool, timeout: float, **options: Any) -> None:
+        target = selectors.catalog_get(name=catalog)
+        if target is None:
+            raise CommandError(f"no catalog named {catalog!r}")
+        try:
+            job = services.catalog_select_model(catalog=target, spec=spec)
+        except RetrievalError as exc:
+            raise CommandError(exc.message) from None
+        self.stdout.write(f"catalog {catalog} now uses {spec}; reindex job {job.pk} queued")
+        if not no_wait:
+            follow_job(job, stdout=self.stdout, timeout=timeout)
