@@ -34,7 +34,7 @@ class FeatureModel(models.Model):
 
     @property
     def hnsw_index_name(self) -> str:
-        return f"retrieval_descriptor_hnsw_m{self.pk}"
+        return f"retrieval_descriptor_ann_m{self.pk}"
 
 
 class Catalog(models.Model):
@@ -56,6 +56,8 @@ class Catalog(models.Model):
         related_name="+",
         help_text="The model whose descriptors serve searches; set by indexing and reindex jobs.",
     )
+    augment_pending = models.BooleanField(default=False, help_text="A DBA refresh is scheduled.")
+    augmented_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -144,6 +146,9 @@ class ImageDescriptor(models.Model):
     catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="+")
     model = models.ForeignKey(FeatureModel, on_delete=models.PROTECT, related_name="descriptors")
     embedding = HalfVectorField()
+    embedding_aug = HalfVectorField(
+        null=True, blank=True, help_text="Database-side augmented descriptor (see vision.expansion); searched when set."
+    )
     local_features = models.BinaryField()
     num_local = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)

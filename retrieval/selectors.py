@@ -18,6 +18,11 @@ class Candidate:
     similarity: float
 
 
+def search_vector_sql(model: FeatureModel) -> str:
+    """The indexed expression: the DBA descriptor where computed, else the plain one."""
+    return f"(COALESCE(embedding_aug, embedding)::halfvec({int(model.global_dim)}))"
+
+
 def shortlist_sql(model: FeatureModel) -> str:
     """The nearest-neighbour query served by the model's partial HNSW index.
 
@@ -26,11 +31,23 @@ def shortlist_sql(model: FeatureModel) -> str:
     """
     dim = int(model.global_dim)
     table = ImageDescriptor._meta.db_table
+    vector = search_vector_sql(model)
     return (
-        f"SELECT image_id, (embedding::halfvec({dim})) <=> %(q)s::halfvec({dim}) AS distance "
+        f"SELECT image_id, {vector} <=> %(q)s::halfvec({dim}) AS distance "
         f"FROM {table} WHERE model_id = {int(model.pk)} AND catalog_id = %(catalog)s "
-        f"ORDER BY (embedding::halfvec({dim})) <=> %(q)s::halfvec({dim}) LIMIT %(limit)s"
+        f"ORDER BY {vector} <=> %(q)s::halfvec({dim}) LIMIT %(limit)s"
     )
+
+
+def descriptor_vectors(*, model: FeatureModel, image_ids: list[int], augmented: bool) -> dict[int, np.ndarray]:
+    """Global descriptors by image id: (D,) float32; ``augmented`` prefers the DBA ones."""
+    rows = ImageDescriptor.objects.filter(model=model, image_id__in=image_ids).values_list(
+        "image_id", "embedding", "embedding_aug"
+    )
+    return {
+        image_id: np.asarray(aug if (augmented and aug is not None) else plain, np.float32)
+        for image_id, plain, aug in rows
+    }
 
 
 def descriptor_shortlist(

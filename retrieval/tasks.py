@@ -21,6 +21,13 @@ def search_run(query_id: int) -> None:
 
 
 @shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
+def catalog_augment(catalog_id: int) -> None:
+    from retrieval.services import catalog_augment as augment
+
+    augment(catalog_id=catalog_id)
+
+
+@shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
 def reindex_run(job_id: int) -> None:
     from retrieval.services import reindex_run as run
 

@@ -101,6 +101,11 @@ LANDMARKS_SHORTLIST_SIZE = env.get_int("LANDMARKS_SHORTLIST_SIZE", 100, minimum=
 LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
 LANDMARKS_MIN_INLIERS = env.get_int("LANDMARKS_MIN_INLIERS", 12, minimum=4)
 LANDMARKS_SEARCH_WAIT_SECONDS = env.get_float("LANDMARKS_SEARCH_WAIT_SECONDS", 60.0, minimum=0.0)
+# Query expansion (alpha-QE) and database-side augmentation (DBA); 0 switches each off.
+LANDMARKS_QE_NEIGHBOURS = env.get_int("LANDMARKS_QE_NEIGHBOURS", 10, minimum=0)
+LANDMARKS_DBA_NEIGHBOURS = env.get_int("LANDMARKS_DBA_NEIGHBOURS", 10, minimum=0)
+LANDMARKS_EXPANSION_ALPHA = env.get_float("LANDMARKS_EXPANSION_ALPHA", 3.0, minimum=0.0)
+LANDMARKS_AUGMENT_DELAY_SECONDS = env.get_float("LANDMARKS_AUGMENT_DELAY_SECONDS", 5.0, minimum=0.0)
 LANDMARKS_HNSW_EF_SEARCH = env.get_int("LANDMARKS_HNSW_EF_SEARCH", 200, minimum=1)
 
 # Celery: JSON only; searches and indexing on separate queues so that a bulk import

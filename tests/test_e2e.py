@@ -80,6 +80,7 @@ def test_search_finds_a_transformed_copy_at_rank_one_with_many_inliers(
     assert all(not r["verified"] for r in body["results"][1:])
     assert body["landmark"]["name"] == "astronaut" and 0 < body["landmark"]["confidence"] <= 1
     assert {"queue", "extract", "shortlist", "verify", "total"} <= set(body["timings_ms"])
+    assert -1 <= top["global_score"] <= 1 and -1 <= top["similarity"] <= 1
     assert len(top["matches"]) >= 50 and len(top["matches"][0]) == 4
     page = client.get(f"/searches/{body['id']}/")
     assert page.status_code == 200 and b"astronaut" in page.content
@@ -169,3 +170,14 @@ def test_selecting_an_unknown_model_exits_with_a_message(indexed_catalog: Catalo
         call_command("select_model", "resnet9000+magic", catalog="demo")
     indexed_catalog.refresh_from_db()
     assert indexed_catalog.extractor_spec == ""
+
+
+def test_the_catalog_is_augmented_once_indexing_is_done(indexed_catalog: Catalog) -> None:
+    deadline = time.monotonic() + 60
+    while not Catalog.objects.get(pk=indexed_catalog.pk).augmented_at:
+        assert time.monotonic() < deadline, "no DBA refresh ran after the import"
+        time.sleep(0.2)
+    rows = ImageDescriptor.objects.filter(catalog=indexed_catalog)
+    assert rows.filter(embedding_aug__isnull=True).count() == 0
+    for row in rows:
+        assert np.linalg.norm(np.asarray(row.embedding_aug, np.float32)) == pytest.approx(1.0, abs=1e-2)
