@@ -167,6 +167,7 @@ def image_index(*, image_id: int) -> CatalogImage | None:
         if not _extract_and_store(image=image, extractor=extractor, model=model):
             break
         Catalog.objects.filter(pk=image.catalog_id, active_model__isnull=True).update(active_model=model)
+        catalog_request_augmentation(catalog_id=image.catalog_id)
     image.refresh_from_db()
     return image
 
@@ -180,7 +181,7 @@ def _buildable(spec: str) -> bool:
     from retrieval.vision.extractors import UnknownModelError, check_spec
 
     try:
-        check_spec(spec)
+        check_spec(spec, cache_dir=settings.MODEL_DIR)
     except UnknownModelError:
         return False
     return True
@@ -192,7 +193,7 @@ def catalog_select_model(*, catalog: Catalog, spec: str) -> ReindexJob:
     from retrieval.vision.extractors import UnknownModelError, check_spec
 
     try:
-        check_spec(spec)
+        check_spec(spec, cache_dir=settings.MODEL_DIR)
     except UnknownModelError as exc:
         raise InvalidInput(str(exc)) from None
     Catalog.objects.filter(pk=catalog.pk).update(extractor_spec=spec)
@@ -271,7 +272,7 @@ def feature_model_ensure(*, extractor: Extractor) -> FeatureModel:
         # Serves exactly selectors.shortlist_sql(model): same expression, same predicate.
         cursor.execute(
             f"CREATE INDEX IF NOT EXISTS {model.hnsw_index_name} ON {table} "
-            f"USING hnsw ((embedding::halfvec({int(model.global_dim)})) halfvec_cosine_ops) "
+            f"USING hnsw (({selectors.search_vector_sql(model)}) halfvec_cosine_ops) "
             f"WHERE model_id = {int(model.pk)}"
         )
     _ensured[key] = model
@@ -389,17 +390,17 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
         features = dataclasses.replace(
             features, local=dataclasses.replace(features.local, keypoints=features.local.keypoints + offset)
         )
-    candidates: list[selectors.Candidate] = _timed(  # type: ignore[assignment]
+    shortlisted: tuple[list[selectors.Candidate], dict[int, float]] = _timed(  # type: ignore[assignment]
         timings,
         "shortlist",
-        lambda: selectors.descriptor_shortlist(
+        lambda: _shortlist(
             catalog=query.catalog,
             model=model,
-            query=features.global_descriptor,
+            descriptor=features.global_descriptor,
             limit=max(settings.LANDMARKS_SHORTLIST_SIZE, query.top_k),
-            ef_search=settings.LANDMARKS_HNSW_EF_SEARCH,
         ),
     )
+    candidates, cosines = shortlisted
 
     stored: dict[int, LocalFeatures] = {}
 
@@ -431,7 +432,8 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
             "image_id": result.image_id,
             "landmark": labels.get(result.image_id),
             "score": round(result.score, 4),
-            "global_score": round(result.global_score, 4),
+            "similarity": round(result.global_score, 4),
+            "global_score": round(cosines.get(result.image_id, result.global_score), 4),
             "inliers": result.inliers,
             "verified": result.verified,
             "width": image.width,
@@ -458,6 +460,81 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
         timings_ms=timings,
         finished_at=timezone.now(),
     )
+
+
+def _shortlist(
+    *, catalog: Catalog, model: FeatureModel, descriptor: np.ndarray, limit: int
+) -> tuple[list[selectors.Candidate], dict[int, float]]:
+    """pgvector shortlist with alpha query expansion over the DBA descriptors.
+
+    Round 1 takes the nearest catalog images; with ``LANDMARKS_QE_NEIGHBOURS`` > 0 the query
+    is expanded with the top ones and round 2 takes the final shortlist (ranked by
+    similarity to the expanded query). Also returns each candidate's plain cosine
+    similarity to the query (the global-only score).
+    """
+    from retrieval.vision.expansion import alpha_query_expansion
+
+    candidates = selectors.descriptor_shortlist(
+        catalog=catalog, model=model, query=descriptor, limit=limit, ef_search=settings.LANDMARKS_HNSW_EF_SEARCH
+    )
+    qe = settings.LANDMARKS_QE_NEIGHBOURS
+    if qe > 0 and candidates:
+        top = candidates[:qe]
+        vectors = selectors.descriptor_vectors(model=model, image_ids=[c.image_id for c in top], augmented=True)
+        expanded = alpha_query_expansion(
+            descriptor,
+            np.stack([vectors[c.image_id] for c in top]),
+            np.array([c.similarity for c in top], np.float32),
+            alpha=settings.LANDMARKS_EXPANSION_ALPHA,
+        )
+        candidates = selectors.descriptor_shortlist(
+            catalog=catalog, model=model, query=expanded, limit=limit, ef_search=settings.LANDMARKS_HNSW_EF_SEARCH
+        )
+    raw = selectors.descriptor_vectors(model=model, image_ids=[c.image_id for c in candidates], augmented=False)
+    cosines = {image_id: float(vector @ descriptor) for image_id, vector in raw.items()}
+    return candidates, cosines
+
+
+def catalog_request_augmentation(*, catalog_id: int) -> None:
+    """Schedule a DBA refresh of the catalog (once; it waits for indexing to finish)."""
+    if settings.LANDMARKS_DBA_NEIGHBOURS <= 1:
+        return
+    if Catalog.objects.filter(pk=catalog_id, augment_pending=False).update(augment_pending=True):
+        _enqueue("catalog_augment", catalog_id, countdown=settings.LANDMARKS_AUGMENT_DELAY_SECONDS)
+
+
+def catalog_augment(*, catalog_id: int) -> int:
+    """Recompute the database-side augmented descriptors of a catalog (Celery worker).
+
+    Waits (re-schedules itself) while images of the catalog are still being indexed, so
+    a bulk import is augmented once at its end. Returns the number of rows updated.
+    """
+    from retrieval.vision.expansion import database_side_augmentation
+
+    catalog = Catalog.objects.filter(pk=catalog_id).select_related("active_model").first()
+    if catalog is None:
+        return 0
+    busy = catalog.images.filter(status__in=[CatalogImage.Status.PENDING, CatalogImage.Status.PROCESSING])
+    if busy.exists():
+        _enqueue("catalog_augment", catalog_id, countdown=settings.LANDMARKS_AUGMENT_DELAY_SECONDS)
+        return 0
+    Catalog.objects.filter(pk=catalog_id).update(augment_pending=False)
+    updated = 0
+    for model_id in ImageDescriptor.objects.filter(catalog=catalog).values_list("model_id", flat=True).distinct():
+        rows = list(ImageDescriptor.objects.filter(catalog=catalog, model_id=model_id).values_list("pk", "embedding"))
+        if not rows:
+            continue
+        matrix = np.stack([np.asarray(vector, np.float32) for _, vector in rows])
+        augmented = database_side_augmentation(
+            matrix, neighbours=settings.LANDMARKS_DBA_NEIGHBOURS, alpha=settings.LANDMARKS_EXPANSION_ALPHA
+        )
+        objects = [ImageDescriptor(pk=pk, embedding_aug=augmented[i]) for i, (pk, _) in enumerate(rows)]
+        with transaction.atomic():
+            ImageDescriptor.objects.bulk_update(objects, ["embedding_aug"], batch_size=500)
+        updated += len(objects)
+    Catalog.objects.filter(pk=catalog_id).update(augmented_at=timezone.now())
+    logger.info("catalog %s: augmented %d descriptors", catalog.name, updated)
+    return updated
 
 
 def _fail_search(query: SearchQuery, reason: str, timings: dict[str, float]) -> None:
@@ -514,6 +591,7 @@ def reindex_run(*, job_id: int) -> ReindexJob | None:
                 processed += 1
                 ReindexJob.objects.filter(pk=job.pk).update(processed=processed, failed=failed)
             Catalog.objects.filter(pk=catalog.pk).update(active_model=model)
+            catalog_request_augmentation(catalog_id=catalog.pk)
         ReindexJob.objects.filter(pk=job.pk).update(status=ReindexJob.Status.DONE, finished_at=timezone.now())
     except Exception as exc:
         logger.exception("reindex job %s failed", job_id)
@@ -527,10 +605,10 @@ def reindex_run(*, job_id: int) -> ReindexJob | None:
 # --- queueing ---------------------------------------------------------------------------
 
 
-def _enqueue(task_name: str, object_id: int) -> None:
+def _enqueue(task_name: str, object_id: int, *, countdown: float | None = None) -> None:
     """Send the task after the current transaction commits (a worker never sees a row
     that does not exist yet)."""
     from retrieval import tasks
 
     task = getattr(tasks, task_name)
-    transaction.on_commit(lambda: task.delay(object_id))
+    transaction.on_commit(lambda: task.apply_async((object_id,), countdown=countdown))

@@ -1,7 +1,10 @@
 """Feature extractors, one module per model, built by name.
 
-A pipeline spec is ``<global>+<local>``, e.g. ``effnet-lite2-gem+rootsift``. Modules that
-need TensorFlow are imported only when their model is built.
+A pipeline spec is ``<global>+<local>``, e.g. ``effnet-lite2-gem+rootsift``, or an
+official model installed by ``manage.py fetch_model``: ``delg:<name>`` (its own global and
+local features) or ``delf:<name>`` (DELF local features; the global descriptor is
+``effnet-lite2-gem``, or another with ``<global>+delf:<name>``). Modules that need
+TensorFlow are imported only when their model is built.
 """
 
 from __future__ import annotations
@@ -64,23 +67,61 @@ class GlobalLocalExtractor(Extractor):
         )
 
 
-def check_spec(spec: str) -> None:
+def check_spec(spec: str, *, cache_dir: Path | None = None) -> None:
     """Raise UnknownModelError unless ``spec`` names a pipeline this code can build
-    (cheap: loads nothing)."""
-    global_name, sep, local_name = spec.partition("+")
-    if not sep or global_name not in GLOBAL_MODELS or local_name not in LOCAL_MODELS:
+    (cheap: loads nothing; for ``delg:``/``delf:`` specs reads the model's ``model.json``
+    under ``cache_dir``, without which they are refused)."""
+    global_name, local_name, installed = _parse_spec(spec)
+    if installed is not None:
+        kind, name = installed
+        if cache_dir is None:
+            raise UnknownModelError(f"unknown extractor {spec!r}: installed models need the model directory")
+        from retrieval.vision.model_registry import ModelNotInstalled, read_installed
+
+        try:
+            read_installed(cache_dir, name, kind=kind)
+        except (ModelNotInstalled, ValueError) as exc:
+            raise UnknownModelError(f"unknown extractor {spec!r}: {exc}") from None
+        return
+    if global_name not in GLOBAL_MODELS or local_name not in LOCAL_MODELS:
         raise UnknownModelError(
             f"unknown extractor {spec!r}; choose <global>+<local> with global in "
-            f"{', '.join(GLOBAL_MODELS)} and local in {', '.join(LOCAL_MODELS)}"
+            f"{', '.join(GLOBAL_MODELS)} and local in {', '.join(LOCAL_MODELS)}, "
+            "or delg:<name> / delf:<name> for a model installed with `manage.py fetch_model`"
         )
+
+
+DEFAULT_DELF_GLOBAL = "effnet-lite2-gem"
+
+
+def _parse_spec(spec: str) -> tuple[str, str, tuple[str, str] | None]:
+    """(global, local, (kind, installed name) or None). ``delg:<name>`` has no separate
+    global part; ``delf:<name>`` pairs with DEFAULT_DELF_GLOBAL."""
+    if spec.startswith("delg:"):
+        return "", "", ("delg", spec.removeprefix("delg:"))
+    global_name, sep, local_name = spec.partition("+")
+    if not sep:
+        global_name, local_name = DEFAULT_DELF_GLOBAL, spec
+    if local_name.startswith("delf:"):
+        if global_name not in GLOBAL_MODELS:
+            raise UnknownModelError(
+                f"unknown extractor {spec!r}; the global part must be one of {', '.join(GLOBAL_MODELS)}"
+            )
+        return global_name, local_name, ("delf", local_name.removeprefix("delf:"))
+    return (global_name, local_name, None) if sep else ("", spec, None)
 
 
 def build_extractor(config: ExtractorConfig) -> Extractor:
     """Build the pipeline named by ``config.spec`` (loads weights; may take seconds)."""
-    check_spec(config.spec)
-    global_name, _, local_name = config.spec.partition("+")
+    check_spec(config.spec, cache_dir=config.cache_dir)
+    global_name, _, installed = _parse_spec(config.spec)
+    if installed is not None and installed[0] == "delg":
+        from retrieval.vision.extractors.delg import DelgExtractor
+        from retrieval.vision.model_registry import read_installed
+
+        model = read_installed(config.cache_dir, installed[1], kind="delg")
+        return DelgExtractor(spec=config.spec, model=model, max_keypoints=config.max_keypoints)
     from retrieval.vision.extractors.efficientnet_lite import EfficientNetLiteGeM
-    from retrieval.vision.extractors.rootsift import RootSIFT
 
     variant = global_name.split("-")[1]  # "lite0" / "lite2"
     global_extractor = EfficientNetLiteGeM(
@@ -89,5 +130,15 @@ def build_extractor(config: ExtractorConfig) -> Extractor:
         scales=config.global_scales,
         cache_dir=config.cache_dir,
     )
-    local_extractor = RootSIFT(max_features=config.max_keypoints)
+    local_extractor: LocalExtractor
+    if installed is not None:  # delf
+        from retrieval.vision.extractors.delg import DelfLocal
+        from retrieval.vision.model_registry import read_installed
+
+        model = read_installed(config.cache_dir, installed[1], kind="delf")
+        local_extractor = DelfLocal(model=model, max_features=config.max_keypoints)
+    else:
+        from retrieval.vision.extractors.rootsift import RootSIFT
+
+        local_extractor = RootSIFT(max_features=config.max_keypoints)
     return GlobalLocalExtractor(global_extractor, local_extractor, config.spec)
