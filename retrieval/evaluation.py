@@ -11,8 +11,9 @@ the end, also after an error or Ctrl-C.
 
 Pair sets (``pairs.json``): both images of every pair go through the server's extractor;
 ``verify_pair`` scores each true pair and every mismatched pair (image1 of one pair against
-image2 of every other pair) by inliers; estimated homographies are checked against the
-hand-marked correspondences.
+image2 of every other pair, except pairs that share an image file and so show the same
+place) by inliers; estimated homographies are checked against the hand-marked
+correspondences.
 
 The metrics themselves are the framework-free ones of :mod:`retrieval.vision.evaluation`.
 Dataset format: ``docs/datasets.md``.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import re
@@ -65,7 +67,10 @@ from retrieval.vision.verification import verify_pair
 logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("mAP", "mP@1", "mP@5", "mP@10", "recall@1", "recall@5", "recall@10")
-RANKINGS = ("global", "verified")
+# "global": plain cosine similarity of the global descriptors; "shortlist": the order the
+# pgvector shortlist returns (with query expansion and database-side augmentation, where
+# the search's results report it as "similarity"); "verified": the final order.
+RANKINGS = ("global", "shortlist", "verified")
 # A true pair's estimated homography counts as right when its median transfer error on
 # the hand-marked points is at most this many pixels.
 TRANSFER_OK_PX = 10.0
@@ -132,7 +137,7 @@ def evaluate(
     name = retrieval.name if retrieval else pairs.name if pairs else ""
     summary = evaluation.summary
     summary.update(dataset=name, model=f"{extractor.model_name}@{extractor.model_version}")
-    summary["settings"] = search_settings(top_k=top_k)
+    summary["settings"] = search_settings()
     summary["timings_ms"] = {}
     if retrieval is not None:
         _evaluate_retrieval(retrieval, evaluation, top_k=top_k, progress=progress)
@@ -143,7 +148,8 @@ def evaluate(
     return evaluation
 
 
-def search_settings(*, top_k: int | None) -> dict[str, Any]:
+def search_settings() -> dict[str, Any]:
+    """The settings that shape extraction and search (retrieval adds its ranking depths)."""
     return {
         "extractor": settings.LANDMARKS_EXTRACTOR,
         "global_image_size": settings.LANDMARKS_GLOBAL_IMAGE_SIZE,
@@ -153,7 +159,9 @@ def search_settings(*, top_k: int | None) -> dict[str, Any]:
         "verify_top": settings.LANDMARKS_VERIFY_TOP,
         "min_inliers": settings.LANDMARKS_MIN_INLIERS,
         "hnsw_ef_search": settings.LANDMARKS_HNSW_EF_SEARCH,
-        "ranking_depth": top_k,
+        "qe_neighbours": settings.LANDMARKS_QE_NEIGHBOURS,
+        "dba_neighbours": settings.LANDMARKS_DBA_NEIGHBOURS,
+        "expansion_alpha": settings.LANDMARKS_EXPANSION_ALPHA,
     }
 
 
@@ -171,6 +179,9 @@ def throwaway_catalog(dataset_name: str) -> Iterator[Catalog]:
     """A new catalog that is deleted, with its rows and stored files, when the block ends
     (normally, on an error or on Ctrl-C)."""
     catalog = services.catalog_get_or_create(name=throwaway_catalog_name(dataset_name))
+    # Claim the DBA refresh up front, so that indexing never schedules one in a worker
+    # (services.catalog_request_augmentation sees it pending); evaluate runs it itself.
+    Catalog.objects.filter(pk=catalog.pk).update(augment_pending=True)
     try:
         yield catalog
     finally:
@@ -210,6 +221,10 @@ def _evaluate_retrieval(
     with throwaway_catalog(dataset.name) as catalog:
         ids_of, failed, duplicates = _index_catalog(dataset, catalog, timings, progress=progress)
         indexed = sum(len(ids) for ids in ids_of.values())
+        if settings.LANDMARKS_DBA_NEIGHBOURS > 1:  # what the worker's catalog_augment task does
+            start = time.perf_counter()
+            services.catalog_augment(catalog_id=catalog.pk)
+            timings["augment"] = [(time.perf_counter() - start) * 1000]
         depth = min(max(1, len(ids_of)), MAX_SEARCH_DEPTH)
         if depth < len(ids_of):
             logger.warning("rankings stop at %d of %d catalog images (pgvector's limit)", depth, len(ids_of))
@@ -218,10 +233,11 @@ def _evaluate_retrieval(
     # covered the whole catalog; the first verify_top by similarity were verified.
     summary["settings"].update(search_top_k=depth, ranking_depth=min(top_k or indexed, indexed))
     labels = dataset.landmark_of()
-    rankings: dict[str, dict[str, list[str]]] = {name: {} for name in RANKINGS}
+    names = [name for name in RANKINGS if any(name in o.rankings for o in outcomes)]
+    rankings: dict[str, dict[str, list[str]]] = {name: {} for name in names}
     for outcome in outcomes:
-        for name in RANKINGS:
-            ranked = outcome.rankings[name]
+        for name in names:
+            ranked = outcome.rankings.setdefault(name, [])
             if len(ranked) < indexed and outcome.error is None:
                 logger.warning("query %s: %d of %d catalog images ranked", outcome.id, len(ranked), indexed)
             rankings[name][outcome.id] = ranked[:top_k] if top_k else ranked
@@ -237,7 +253,7 @@ def _evaluate_retrieval(
         failed_queries=[{"id": o.id, "reason": o.error} for o in outcomes if o.error is not None],
     )
     per_query: dict[str, dict[str, Any]] = {o.id: o.row() for o in outcomes}
-    for name in RANKINGS:
+    for name in names:
         summary[name] = _clean(retrieval_metrics(rankings[name], dataset.queries))
         for scores in score_queries(rankings[name], dataset.queries):
             per_query[scores.query_id][f"ap_{name}"] = _clean(scores.ap)
@@ -337,7 +353,7 @@ def _run_queries(
     labels = dataset.landmark_of()
     outcomes = []
     for query in tqdm(dataset.queries, desc="searching", unit="query", disable=not progress):
-        outcome = _QueryOutcome(query.id, _query_truth(query, labels), {n: [] for n in RANKINGS}, {}, [])
+        outcome = _QueryOutcome(query.id, _query_truth(query, labels), {"global": [], "verified": []}, {}, [])
         outcomes.append(outcome)
         try:
             created = services.search_create(
@@ -366,13 +382,20 @@ def _run_queries(
     return outcomes
 
 
-def _read_results(results: Sequence[Mapping[str, Any]], ids_of: Mapping[int, list[str]], outcome: _QueryOutcome) -> None:
-    """Both rankings from a search's results (final order; global order by similarity,
-    ties in the final order, which for unverified results is the similarity order)."""
+def _read_results(
+    results: Sequence[Mapping[str, Any]], ids_of: Mapping[int, list[str]], outcome: _QueryOutcome
+) -> None:
+    """The rankings from a search's results: the final order as it is, the others sorted
+    by their score (ties keep the final order, which for unverified results is the
+    shortlist order)."""
     entries = [entry for entry in results if entry["image_id"] in ids_of]
     outcome.rankings["verified"] = [i for entry in entries for i in ids_of[entry["image_id"]]]
-    by_similarity = rank_by_score([str(n) for n in range(len(entries))], [e["global_score"] for e in entries])
-    outcome.rankings["global"] = [i for n in by_similarity for i in ids_of[entries[int(n)]["image_id"]]]
+    positions = [str(n) for n in range(len(entries))]
+    scores = {"global": "global_score", "shortlist": "similarity"}
+    for name, key in scores.items():
+        if entries and all(key in entry for entry in entries):
+            order = rank_by_score(positions, [entry[key] for entry in entries])
+            outcome.rankings[name] = [i for n in order for i in ids_of[entries[int(n)]["image_id"]]]
     for entry in entries:
         for i in ids_of[entry["image_id"]]:
             outcome.inliers[i] = int(entry["inliers"])
@@ -411,7 +434,8 @@ def _candidate_inliers(
     for query, outcome in zip(queries, outcomes, strict=True):
         if outcome.error is not None or not query.positives:
             continue
-        for i in outcome.rankings["global"][: settings.LANDMARKS_VERIFY_TOP]:
+        checked = outcome.rankings.get("shortlist") or outcome.rankings["global"]
+        for i in checked[: settings.LANDMARKS_VERIFY_TOP]:
             if i in query.positives:
                 positive.append(outcome.inliers.get(i, 0))
             elif i not in query.junk:
@@ -461,10 +485,13 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
 
     extractor = get_extractor()
     extract_ms: list[float] = []
+    digests: list[set[str]] = [set() for _ in dataset.pairs]
 
-    def features_of(path: Path) -> ImageFeatures:
+    def features_of(n: int, path: Path) -> ImageFeatures:
+        data = path.read_bytes()
+        digests[n].add(hashlib.sha256(data).hexdigest())
         try:
-            rgb = services.image_decode(data=path.read_bytes())
+            rgb = services.image_decode(data=data)
         except RetrievalError as exc:
             raise DatasetError(f"{path}: {exc.message}") from None
         start = time.perf_counter()
@@ -475,8 +502,9 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
     first: list[ImageFeatures] = []
     second: list[ImageFeatures] = []
     for pair in tqdm(dataset.pairs, desc="extracting pairs", unit="pair", disable=not progress):
-        first.append(features_of(pair.image1))
-        second.append(features_of(pair.image2))
+        first.append(features_of(len(first), pair.image1))
+        second.append(features_of(len(second), pair.image2))
+    place = same_place_groups(digests)
     verify_ms: list[float] = []
     rows: list[dict[str, Any]] = []
     true_inliers: list[int] = []
@@ -498,17 +526,18 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
             }
         )
     false_inliers: list[int] = []
-    total = len(dataset.pairs) * (len(dataset.pairs) - 1)
+    # Pairs that share an image file show the same place: never a mismatched pair.
+    others = [[m for m in range(len(rows)) if place[m] != place[n]] for n in range(len(rows))]
+    total = sum(len(o) for o in others)
     with tqdm(total=total, desc="mismatched pairs", unit="pair", disable=not progress) as bar:
         for n, row in enumerate(rows):
-            against = [
-                verify_pair(first[n].local, second[m].local).inliers for m in range(len(rows)) if m != n
-            ]
+            against = [verify_pair(first[n].local, second[m].local).inliers for m in others[n]]
             bar.update(len(against))
             false_inliers.extend(against)
             row["max_false_inliers"] = max(against, default=None)
     metrics = pair_metrics(true_inliers, false_inliers)
-    checked = [row["transfer_error_px"] for row, pair in zip(rows, dataset.pairs, strict=True) if len(pair.correspondences)]
+    marked = [row for row, pair in zip(rows, dataset.pairs, strict=True) if len(pair.correspondences)]
+    checked = [row["transfer_error_px"] for row in marked]
     errors = [e for e in checked if e is not None]  # a pair without a homography counts as wrong
     evaluation.inliers["pairs: true"] = true_inliers
     evaluation.inliers["pairs: mismatched"] = false_inliers
@@ -519,6 +548,7 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
             "source": dataset.source,
             "true_pairs": len(true_inliers),
             "false_pairs": len(false_inliers),
+            "same_place_skipped": len(rows) * (len(rows) - 1) - total,
             "auc": metrics["auc"],
             "true_median_inliers": metrics["median_positive"],
             "false_median_inliers": metrics["median_negative"],
@@ -533,10 +563,34 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
     evaluation.summary["timings_ms"].update(_medians({"pair_extract": extract_ms, "pair_verify": verify_ms}))
 
 
+def same_place_groups(digests: Sequence[Set[str]]) -> list[int]:
+    """Group pairs that share an image file (same content): group number per pair.
+
+    Some public pair sets reuse one photo in two pairs of the same place (WxBS does);
+    mismatched pairs are only formed across groups.
+    """
+    group = list(range(len(digests)))
+
+    def root(n: int) -> int:
+        while group[n] != n:
+            group[n] = group[group[n]]
+            n = group[n]
+        return n
+
+    first_seen: dict[str, int] = {}
+    for n, found in enumerate(digests):
+        for digest in found:
+            if digest in first_seen:
+                group[root(n)] = root(first_seen[digest])
+            else:
+                first_seen[digest] = n
+    return [root(n) for n in range(len(digests))]
+
+
 # --- reports ------------------------------------------------------------------------------
 
 
-STAGE_ORDER = ("ingest", "index", "queue", "decode", "extract", "shortlist", "verify", "total")
+STAGE_ORDER = ("ingest", "index", "augment", "queue", "decode", "extract", "shortlist", "verify", "total")
 
 
 def _medians(values: Mapping[str, Sequence[float]]) -> dict[str, float]:
@@ -577,7 +631,7 @@ def render_text(summary: Mapping[str, Any]) -> str:
         )
         header = "".join(f"{key:>11}" for key in METRIC_KEYS)
         lines.append(f"{'(%)':<10}{header}")
-        for name in RANKINGS:
+        for name in (n for n in RANKINGS if n in summary):
             lines.append(f"{name:<10}" + "".join(f"{_pct(summary[name][key]):>11}" for key in METRIC_KEYS))
         if "recognition" in summary:
             r = summary["recognition"]
@@ -617,12 +671,14 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             f"{s['catalog_images']} catalog images ({s['indexed_images']} indexed, {len(s['failed_images'])} "
             f"failed, {len(s['duplicate_images'])} duplicates); {s['queries']} queries, {s['scored_queries']} "
             f"with positives, {len(s['failed_queries'])} failed. Values in %. \"global\" ranks the catalog by "
-            "global-descriptor similarity only; \"verified\" is the final order after geometric verification.",
+            "the plain cosine similarity of the global descriptors; \"shortlist\" is the order of the pgvector "
+            "shortlist (with query expansion and database-side augmentation when enabled); \"verified\" is the "
+            "final order after geometric verification.",
             "",
             "| ranking | " + " | ".join(METRIC_KEYS) + " |",
             "|---|" + "---:|" * len(METRIC_KEYS),
         ]
-        for name in RANKINGS:
+        for name in (n for n in RANKINGS if n in s):
             out.append(f"| {name} | " + " | ".join(_pct(s[name][key]) for key in METRIC_KEYS) + " |")
         out.append("")
         if "recognition" in s:
@@ -651,13 +707,15 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "",
             "## Queries",
             "",
-            "| query | landmark | AP global | AP verified | top verified | inliers | recognised | confidence |",
-            "|---|---|---:|---:|---|---:|---|---:|",
+            "| query | landmark | AP global | AP verified | top result | its inliers | verified results "
+            "| recognised | confidence |",
+            "|---|---|---:|---:|---|---:|---:|---|---:|",
         ]
         for q in s["per_query"]:
             out.append(
                 f"| {q['id']} | {q['landmark'] or ''} | {_pct(q.get('ap_global'))} | {_pct(q.get('ap_verified'))} "
                 f"| {q['top_verified'] or ''} | {q['top_inliers'] if q['top_inliers'] is not None else ''} "
+                f"| {q['verified_results']} "
                 f"| {q['recognised'] or ('error: ' + q['error'] if q['error'] else 'no match')} "
                 f"| {_num(q['confidence'], 2) if q['confidence'] is not None else ''} |"
             )
@@ -672,7 +730,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "## Pairs",
             "",
             f"{p['true_pairs']} true pairs; {p['false_pairs']} mismatched pairs (image1 of each pair against "
-            "image2 of every other pair).",
+            f"image2 of every other pair; {p['same_place_skipped']} combinations of pairs that share an image "
+            "file were skipped as the same place).",
             "",
             "| AUC | median inliers, true | median inliers, mismatched | max inliers, mismatched "
             f"| median transfer error (px) | {within.replace('_', ' ')} (%) |",
@@ -708,14 +767,16 @@ def write_plots(evaluation: Evaluation, folder: Path) -> list[Path]:
     name = evaluation.summary["dataset"]
     if any(evaluation.pr_curves.values()):
         fig, ax = plt.subplots(figsize=(6, 5))
-        for ranking, color in zip(RANKINGS, ("tab:blue", "tab:orange"), strict=True):
+        styles = (("tab:blue", "-"), ("tab:green", "-"), ("tab:orange", "--"))  # verified dashed: often on top
+        for ranking, (color, style) in zip(RANKINGS, styles, strict=True):
             curves = evaluation.pr_curves.get(ranking, [])
             for recall, precision in curves:
                 ax.plot(recall, precision, color=color, alpha=0.15, linewidth=0.8)
             if curves:
                 mean = np.mean([interpolated_precision(r, p) for r, p in curves], axis=0)
                 m_ap = evaluation.summary[ranking]["mAP"]
-                ax.plot(RECALL_GRID, mean, color=color, linewidth=2.5, label=f"{ranking} (mAP {_pct(m_ap)} %)")
+                label = f"{ranking} (mAP {_pct(m_ap)} %)"
+                ax.plot(RECALL_GRID, mean, color=color, linestyle=style, linewidth=2.5, label=label)
         ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
         ax.set_title(f"{name}: precision-recall (thin: per query, thick: mean interpolated)", fontsize=9)
         ax.legend(loc="lower left")

@@ -99,7 +99,7 @@ LANDMARKS_EXTRACTOR = env.get_str("LANDMARKS_EXTRACTOR", "effnet-lite2-gem+roots
 LANDMARKS_MAX_KEYPOINTS = env.get_int("LANDMARKS_MAX_KEYPOINTS", 1000, minimum=10)
 LANDMARKS_SHORTLIST_SIZE = env.get_int("LANDMARKS_SHORTLIST_SIZE", 100, minimum=1)
 LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
-LANDMARKS_MIN_INLIERS = env.get_int("LANDMARKS_MIN_INLIERS", 12, minimum=4)
+LANDMARKS_MIN_INLIERS = env.get_int("LANDMARKS_MIN_INLIERS", 8, minimum=4)
 LANDMARKS_SEARCH_WAIT_SECONDS = env.get_float("LANDMARKS_SEARCH_WAIT_SECONDS", 60.0, minimum=0.0)
 # Query expansion (alpha-QE) and database-side augmentation (DBA); 0 switches each off.
 LANDMARKS_QE_NEIGHBOURS = env.get_int("LANDMARKS_QE_NEIGHBOURS", 10, minimum=0)

@@ -18,8 +18,8 @@ class Migration(migrations.Migration):
             DO $$
             DECLARE name text;
             BEGIN
-              FOR name IN SELECT indexname FROM pg_indexes WHERE indexname LIKE 'retrieval_descriptor_hnsw_m%%' LOOP
-                EXECUTE format('DROP INDEX IF EXISTS %%I', name);
+              FOR name IN SELECT indexname FROM pg_indexes WHERE indexname LIKE 'retrieval_descriptor_hnsw_m%' LOOP
+                EXECUTE format('DROP INDEX IF EXISTS %I', name);
               END LOOP;
             END $$;
             """,

@@ -114,11 +114,12 @@ def test_it_scores_both_rankings_and_pairs_and_deletes_the_catalog(
     )  # fmt: skip
 
     report = json.loads((out / "tiny.json").read_text())
-    assert {"dataset", "queries", "global", "verified", "recognition", "pairs", "timings_ms", "model", "settings"} <= set(report)
+    expected = {"dataset", "queries", "global", "verified", "recognition", "pairs", "timings_ms", "model", "settings"}
+    assert expected <= set(report)
     assert report["dataset"] == "tiny" and report["queries"] == 2
     assert report["indexed_images"] == 6 and not report["failed_images"] and not report["failed_queries"]
     assert report["model"].startswith(settings.LANDMARKS_EXTRACTOR + "@")
-    for ranking in ("global", "verified"):
+    for ranking in ("global", "shortlist", "verified"):
         assert set(report[ranking]) == {"mAP", "mP@1", "mP@5", "mP@10", "recall@1", "recall@5", "recall@10"}
         assert all(0.0 <= value <= 1.0 for value in report[ranking].values())
     assert report["verified"]["recall@1"] == 1.0
@@ -132,7 +133,7 @@ def test_it_scores_both_rankings_and_pairs_and_deletes_the_catalog(
     assert pairs["auc"] == 1.0
     assert pairs["true_median_inliers"] >= 30 > settings.LANDMARKS_MIN_INLIERS > pairs["false_median_inliers"]
     assert pairs["transfer_error_median_px"] < 5.0
-    assert {"index", "extract", "shortlist", "verify", "total", "pair_verify"} <= set(report["timings_ms"])
+    assert {"index", "augment", "extract", "shortlist", "verify", "total", "pair_verify"} <= set(report["timings_ms"])
 
     markdown = (out / "tiny.md").read_text()
     assert "# Evaluation: tiny" in markdown and "| verified | 100.0 |" in markdown and "## Pairs" in markdown
@@ -221,3 +222,11 @@ def test_it_exits_non_zero_from_the_command_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "CommandError" in result.stderr and "dataset folder does not exist" in result.stderr
+
+
+def test_it_groups_pairs_that_share_an_image_file_as_one_place() -> None:
+    from retrieval.evaluation import same_place_groups
+
+    groups = same_place_groups([{"a", "b"}, {"c", "d"}, {"e", "a"}, {"f", "g"}, {"g", "h"}])
+    assert groups[0] == groups[2] and groups[3] == groups[4]
+    assert len({groups[0], groups[1], groups[3]}) == 3
