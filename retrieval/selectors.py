@@ -64,7 +64,9 @@ def descriptor_shortlist(
         raise ValueError(f"query descriptor must be ({model.global_dim},), got {query.shape}")
     vector = "[" + ",".join(f"{float(v):.6g}" for v in query) + "]"
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(ef_search, limit)])
+        # ef_search is capped at pgvector's maximum (1000); the iterative scan returns
+        # more rows than ef_search when the limit asks for them.
+        cursor.execute("SET LOCAL hnsw.ef_search = %s", [min(1000, max(ef_search, limit))])
         cursor.execute("SET LOCAL hnsw.iterative_scan = strict_order")
         cursor.execute(shortlist_sql(model), {"q": vector, "catalog": catalog.pk, "limit": limit})
         rows = cursor.fetchall()

