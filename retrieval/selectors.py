@@ -39,6 +39,21 @@ def shortlist_sql(model: FeatureModel) -> str:
     )
 
 
+def plain_similarities(*, model: FeatureModel, image_ids: list[int], query: np.ndarray) -> dict[int, float]:
+    """Cosine similarity of ``query`` (D,) to the plain (not augmented) descriptors, in SQL."""
+    if not image_ids:
+        return {}
+    dim = int(model.global_dim)
+    vector = "[" + ",".join(f"{float(v):.6g}" for v in query) + "]"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT image_id, 1 - ((embedding::halfvec({dim})) <=> %s::halfvec({dim})) "
+            f"FROM {ImageDescriptor._meta.db_table} WHERE model_id = %s AND image_id = ANY(%s)",
+            [vector, model.pk, list(image_ids)],
+        )
+        return {image_id: float(similarity) for image_id, similarity in cursor.fetchall()}
+
+
 def descriptor_vectors(*, model: FeatureModel, image_ids: list[int], augmented: bool) -> dict[int, np.ndarray]:
     """Global descriptors by image id: (D,) float32; ``augmented`` prefers the DBA ones."""
     rows = ImageDescriptor.objects.filter(model=model, image_id__in=image_ids).values_list(

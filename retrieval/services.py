@@ -490,8 +490,9 @@ def _shortlist(
         candidates = selectors.descriptor_shortlist(
             catalog=catalog, model=model, query=expanded, limit=limit, ef_search=settings.LANDMARKS_HNSW_EF_SEARCH
         )
-    raw = selectors.descriptor_vectors(model=model, image_ids=[c.image_id for c in candidates], augmented=False)
-    cosines = {image_id: float(vector @ descriptor) for image_id, vector in raw.items()}
+    cosines = selectors.plain_similarities(
+        model=model, image_ids=[c.image_id for c in candidates], query=descriptor
+    )
     return candidates, cosines
 
 
