@@ -1,0 +1,64 @@
+"""`make run`'s launcher: starts its own databases, serves, and Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.e2e
+def test_run_serves_the_site_and_ctrl_c_stops_every_process(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(
+        LANDMARKS_DATA_DIR=str(tmp_path / "var"),
+        LANDMARKS_EXTRACTOR="effnet-lite0-gem+rootsift",
+        PORT=str(port),
+        WEB_WORKERS="1",
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "searchsite.launcher", "run"], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert launcher.poll() is None, launcher.stdout.read().decode()[-3000:]  # type: ignore[union-attr]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    assert response.status == 200
+                    assert b"Which landmark is this?" in response.read()
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the site did not come up"
+                time.sleep(1)
+        assert (tmp_path / "var" / "admin-password.txt").exists()
+        assert (tmp_path / "var" / "run" / "services.env").exists()
+        children = psutil.Process(launcher.pid).children(recursive=True)
+        postgres = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+        assert len(children) >= 3 and postgres
+    finally:
+        os.kill(launcher.pid, signal.SIGINT)  # what Ctrl-C sends
+        code = launcher.wait(60)
+    assert code == 0
+    gone, alive = psutil.wait_procs(children + postgres, timeout=20)
+    assert not alive, [p.pid for p in alive]
+    assert not (tmp_path / "var" / "run" / "services.env").exists()
+    assert (tmp_path / "var" / "postgres" / "PG_VERSION").exists()  # data kept for the next run
