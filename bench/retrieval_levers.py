@@ -37,7 +37,7 @@ def main() -> int:
     import django
 
     django.setup()
-    logger.setLevel(logging.INFO)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)  # after Django's LOGGING
     from retrieval.extraction import get_extractor
     from retrieval.services import image_decode
     from retrieval.vision import evaluation as ev
