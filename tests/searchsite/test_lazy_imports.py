@@ -14,6 +14,7 @@ def test_django_setup_views_tasks_and_services_do_not_import_tensorflow() -> Non
         django.setup()
         import searchsite.urls, retrieval.views, retrieval.tasks, retrieval.services, retrieval.admin
         import retrieval.management.commands.import_catalog, retrieval.management.commands.reindex
+        import retrieval.management.commands.train_model, retrieval.training
         import searchsite.wsgi
         heavy = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
         print(",".join(heavy) or "none")
