@@ -483,7 +483,10 @@ def interpolated_precision(recall: np.ndarray, precision: np.ndarray, grid: np.n
 def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: bool) -> None:
     from retrieval.extraction import get_extractor
 
+    from retrieval.vision.extractors import matching_config
+
     extractor = get_extractor()
+    matching = matching_config(extractor.model_name)
     extract_ms: list[float] = []
     digests: list[set[str]] = [set() for _ in dataset.pairs]
 
@@ -510,7 +513,7 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
     true_inliers: list[int] = []
     for n, pair in enumerate(dataset.pairs):
         start = time.perf_counter()
-        verification = verify_pair(first[n].local, second[n].local)
+        verification = verify_pair(first[n].local, second[n].local, matching)
         verify_ms.append((time.perf_counter() - start) * 1000)
         error = math.nan
         if verification.homography is not None and len(pair.correspondences):
@@ -531,7 +534,7 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
     total = sum(len(o) for o in others)
     with tqdm(total=total, desc="mismatched pairs", unit="pair", disable=not progress) as bar:
         for n, row in enumerate(rows):
-            against = [verify_pair(first[n].local, second[m].local).inliers for m in others[n]]
+            against = [verify_pair(first[n].local, second[m].local, matching).inliers for m in others[n]]
             bar.update(len(against))
             false_inliers.extend(against)
             row["max_false_inliers"] = max(against, default=None)

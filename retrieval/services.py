@@ -31,6 +31,7 @@ from retrieval.vision import preprocessing
 from retrieval.vision.extractors.base import Extractor
 from retrieval.vision.features import ImageFeatures, LocalFeatures
 from retrieval.vision.ranking import recognise, rerank
+from retrieval.vision.extractors import matching_config
 from retrieval.vision.verification import Verification, verify_pair
 
 logger = logging.getLogger(__name__)
@@ -404,10 +405,14 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
 
     stored: dict[int, LocalFeatures] = {}
 
+    matching = matching_config(extractor.model_name)
+
     def verify() -> dict[int, Verification]:
         ids = [c.image_id for c in candidates[: settings.LANDMARKS_VERIFY_TOP]]
         stored.update(selectors.local_features_for(model=model, image_ids=ids))
-        return {image_id: verify_pair(features.local, stored[image_id]) for image_id in ids if image_id in stored}
+        return {
+            image_id: verify_pair(features.local, stored[image_id], matching) for image_id in ids if image_id in stored
+        }
 
     verifications: dict[int, Verification] = _timed(timings, "verify", verify)  # type: ignore[assignment]
     min_inliers = settings.LANDMARKS_MIN_INLIERS

@@ -6,14 +6,16 @@ import numpy as np
 
 
 def match_descriptors(
-    desc1: np.ndarray, desc2: np.ndarray, *, ratio: float = 0.85, mutual: bool = True
+    desc1: np.ndarray, desc2: np.ndarray, *, ratio: float = 0.85, mutual: bool = True, min_similarity: float = -1.0
 ) -> np.ndarray:
     """Match L2-normalised descriptors.
 
     A pair (i, j) is kept when j is i's nearest neighbour, the nearest is closer than
     ``ratio`` times the second nearest (Lowe's test, on Euclidean distances), and, with
     ``mutual``, i is also j's nearest neighbour, so every feature is used at most once.
-    Many-to-one matches inflate RANSAC inlier counts on unrelated images.
+    Many-to-one matches inflate RANSAC inlier counts on unrelated images. With
+    ``min_similarity`` > -1 the nearest must also have at least that cosine similarity
+    (XFeat's matcher: mutual, > 0.82, no ratio test, i.e. ``ratio=1``).
 
     Args:
         desc1: (N, D) float32, unit rows.
@@ -29,7 +31,7 @@ def match_descriptors(
     rows = np.arange(len(desc1))
     nn12 = np.argmax(similarity, axis=1)
     best = similarity[rows, nn12]
-    keep = np.ones(len(desc1), bool)
+    keep = best > min_similarity if min_similarity > -1.0 else np.ones(len(desc1), bool)
     if mutual:
         nn21 = np.argmax(similarity, axis=0)
         keep &= nn21[nn12] == rows

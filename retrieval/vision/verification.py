@@ -20,6 +20,8 @@ from retrieval.vision.matching import match_descriptors
 class VerificationConfig:
     ratio: float = 0.85
     mutual: bool = True
+    # Minimum cosine similarity of a match; -1 keeps all (XFeat uses 0.82 and ratio=1).
+    min_similarity: float = -1.0
     # Reprojection threshold as a fraction of the candidate's keypoint spread
     # (0.008 is ~8 px on a 1024 px photo), so it works at any resolution.
     relative_threshold: float = 0.008
@@ -57,7 +59,11 @@ def verify_pair(
     if len(features1) < 4 or len(features2) < 4:
         return Verification.failed()
     matches = match_descriptors(
-        features1.descriptors, features2.descriptors, ratio=config.ratio, mutual=config.mutual
+        features1.descriptors,
+        features2.descriptors,
+        ratio=config.ratio,
+        mutual=config.mutual,
+        min_similarity=config.min_similarity,
     )
     return verify_matches(features1.keypoints, features2.keypoints, matches, config)
 

@@ -16,9 +16,15 @@ import numpy as np
 
 from retrieval.vision.extractors.base import Extractor, GlobalExtractor, LocalExtractor
 from retrieval.vision.features import ImageFeatures
+from retrieval.vision.verification import VerificationConfig
 
 GLOBAL_MODELS = ("effnet-lite0-gem", "effnet-lite2-gem")
-LOCAL_MODELS = ("rootsift",)
+LOCAL_MODELS = ("rootsift", "xfeat")
+# Matching settings of local features that do not suit the default (Lowe's ratio test):
+# XFeat's reference matcher is mutual nearest neighbours with a cosine similarity > 0.82.
+LOCAL_MATCHING: dict[str, VerificationConfig] = {
+    "xfeat": VerificationConfig(ratio=1.0, mutual=True, min_similarity=0.82),
+}
 
 
 class UnknownModelError(ValueError):
@@ -94,6 +100,15 @@ def check_spec(spec: str, *, cache_dir: Path | None = None) -> None:
 DEFAULT_DELF_GLOBAL = "effnet-lite2-gem"
 
 
+def matching_config(spec: str) -> VerificationConfig:
+    """The settings to verify local features of pipeline ``spec`` with (cheap: loads
+    nothing, imports no TensorFlow); the default for anything but ``LOCAL_MATCHING``."""
+    _, local_name, installed = _parse_spec(spec)
+    if installed is None and local_name in LOCAL_MATCHING:
+        return LOCAL_MATCHING[local_name]
+    return VerificationConfig()
+
+
 def _parse_spec(spec: str) -> tuple[str, str, tuple[str, str] | None]:
     """(global, local, (kind, installed name) or None). ``delg:<name>`` has no separate
     global part; ``delf:<name>`` pairs with DEFAULT_DELF_GLOBAL."""
@@ -114,7 +129,7 @@ def _parse_spec(spec: str) -> tuple[str, str, tuple[str, str] | None]:
 def build_extractor(config: ExtractorConfig) -> Extractor:
     """Build the pipeline named by ``config.spec`` (loads weights; may take seconds)."""
     check_spec(config.spec, cache_dir=config.cache_dir)
-    global_name, _, installed = _parse_spec(config.spec)
+    global_name, local_name, installed = _parse_spec(config.spec)
     if installed is not None and installed[0] == "delg":
         from retrieval.vision.extractors.delg import DelgExtractor
         from retrieval.vision.model_registry import read_installed
@@ -137,6 +152,10 @@ def build_extractor(config: ExtractorConfig) -> Extractor:
 
         model = read_installed(config.cache_dir, installed[1], kind="delf")
         local_extractor = DelfLocal(model=model, max_features=config.max_keypoints)
+    elif local_name == "xfeat":
+        from retrieval.vision.extractors.xfeat import XFeat
+
+        local_extractor = XFeat(max_features=config.max_keypoints, cache_dir=config.cache_dir)
     else:
         from retrieval.vision.extractors.rootsift import RootSIFT
 

@@ -81,3 +81,17 @@ def test_it_trains_installs_and_selects_the_model(models: Path) -> None:
     assert ReindexJob.objects.filter(catalog=catalog).exists()
     with pytest.raises(CommandError, match="already installed"):
         call_command("train_model", *args, verbosity=0)
+
+
+def test_it_trains_on_a_resnet50_backbone_from_a_user_weights_file(models: Path, tmp_path: Path) -> None:
+    import keras
+
+    weights = tmp_path / "resnet50_notop.weights.h5"  # stands for the user's downloaded file
+    keras.applications.ResNet50(include_top=False, weights=None).save_weights(str(weights))
+    _catalog({"astronaut": 2, "chelsea": 2})
+    args = ["--catalog", "paris", "--epochs", "1", "--image-size", "64", "--batch-size", "4", "--serving-size", "96"]
+    call_command("train_model", *args, "--backbone", "resnet50", "--backbone-weights", str(weights), "--name", "r50", verbosity=0)
+    record = json.loads((models / "installed" / "r50" / "model.json").read_text())
+    assert record["kind"] == "delg"
+    training = json.loads((models / "installed" / "r50" / "saved_model" / "assets" / "training.json").read_text())
+    assert training["classes"] == ["astronaut", "chelsea"]
