@@ -7,7 +7,7 @@ import time
 from django.core.management.base import CommandError, OutputWrapper
 from tqdm import tqdm
 
-from retrieval.models import ReindexJob
+from retrieval.models import Catalog, ReindexJob
 
 
 def follow_job(job: ReindexJob, *, stdout: OutputWrapper, timeout: float) -> ReindexJob:
@@ -28,3 +28,17 @@ def follow_job(job: ReindexJob, *, stdout: OutputWrapper, timeout: float) -> Rei
         raise CommandError(f"reindex job {job.pk} failed: {job.error}")
     stdout.write(f"reindex job {job.pk} done: {job.processed} processed, {job.failed} failed, model {job.model}")
     return job
+
+
+def select_model_and_follow(catalog: Catalog, spec: str, *, stdout: OutputWrapper, no_wait: bool, timeout: float) -> None:
+    """Switch ``catalog`` to ``spec`` (a reindex job) and follow the job unless ``no_wait``."""
+    from retrieval import services
+    from retrieval.errors import RetrievalError
+
+    try:
+        job = services.catalog_select_model(catalog=catalog, spec=spec)
+    except RetrievalError as exc:
+        raise CommandError(exc.message) from None
+    stdout.write(f"catalog {catalog.name} now uses {spec}; reindex job {job.pk} queued")
+    if not no_wait:
+        follow_job(job, stdout=stdout, timeout=timeout)

@@ -6,9 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from retrieval import selectors, services
-from retrieval.errors import RetrievalError
-from retrieval.management.jobs import follow_job
+from retrieval import selectors
+from retrieval.management.jobs import select_model_and_follow
 
 
 class Command(BaseCommand):
@@ -27,10 +26,4 @@ class Command(BaseCommand):
         target = selectors.catalog_get(name=catalog)
         if target is None:
             raise CommandError(f"no catalog named {catalog!r}")
-        try:
-            job = services.catalog_select_model(catalog=target, spec=spec)
-        except RetrievalError as exc:
-            raise CommandError(exc.message) from None
-        self.stdout.write(f"catalog {catalog} now uses {spec}; reindex job {job.pk} queued")
-        if not no_wait:
-            follow_job(job, stdout=self.stdout, timeout=timeout)
+        select_model_and_follow(target, spec, stdout=self.stdout, no_wait=no_wait, timeout=timeout)

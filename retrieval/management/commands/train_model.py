@@ -148,14 +148,6 @@ class Command(BaseCommand):
         return data
 
     def _select(self, catalog: Any, spec: str, *, no_wait: bool) -> None:
-        from retrieval import services
-        from retrieval.errors import RetrievalError
-        from retrieval.management.jobs import follow_job
+        from retrieval.management.jobs import select_model_and_follow
 
-        try:
-            job = services.catalog_select_model(catalog=catalog, spec=spec)
-        except RetrievalError as exc:
-            raise CommandError(exc.message) from None
-        self.stdout.write(f"catalog {catalog.name} now uses {spec}; reindex job {job.pk} queued")
-        if not no_wait:
-            follow_job(job, stdout=self.stdout, timeout=24 * 3600.0)
+        select_model_and_follow(catalog, spec, stdout=self.stdout, no_wait=no_wait, timeout=24 * 3600.0)

