@@ -72,3 +72,13 @@ def test_matching_with_nothing_to_match_is_empty() -> None:
 def test_matching_refuses_mismatched_dimensions() -> None:
     with pytest.raises(ValueError, match="shapes"):
         match_descriptors(np.ones((3, 8), np.float32), np.ones((3, 16), np.float32))
+
+
+def test_mutual_matching_keeps_one_row_when_two_query_rows_are_identical() -> None:
+    rng = np.random.default_rng(2)
+    b = rng.normal(size=(20, 16)).astype(np.float32)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    a = np.concatenate([b[:5], b[:5]])  # rows 0-4 and 5-9 are twins
+    matches = match_descriptors(a, b, ratio=1.0, mutual=True)
+    assert sorted(matches[:, 1].tolist()) == [0, 1, 2, 3, 4]
+    assert len(np.unique(matches[:, 0])) == 5
