@@ -202,6 +202,8 @@ def catalog_purge(*, catalog_id: int) -> None:
         if name:
             with contextlib.suppress(OSError):
                 default_storage.delete(name)
+    # Remote storages (S3 and the like) have no local path: Django raises
+    # NotImplementedError there, and there are no empty folders to remove.
     with contextlib.suppress(NotImplementedError, OSError):
         root = Path(default_storage.path(f"catalog/{catalog_id}"))
         for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
