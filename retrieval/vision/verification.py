@@ -1,5 +1,9 @@
 """Geometric verification of matched keypoints with RANSAC (OpenCV's USAC MAGSAC++).
 
+The model is a homography (planar facades, the usual landmark photo) or, for features
+whose locations are too coarse or whose scenes are too deep for one plane, a
+fundamental matrix (any rigid 3D scene between two views).
+
 OpenCV rather than scikit-image: measured here, ``cv2.findHomography`` with USAC takes
 ~0.5 ms per image pair against ~200 ms for ``skimage.measure.ransac``, which matters when
 100 shortlisted images are verified per search.
@@ -8,6 +12,7 @@ OpenCV rather than scikit-image: measured here, ``cv2.findHomography`` with USAC
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -29,6 +34,10 @@ class VerificationConfig:
     confidence: float = 0.999
     # Reject transforms that shrink or grow areas more than this (degenerate fits).
     max_area_change: float = 10.0
+    geometry: Literal["homography", "fundamental"] = "homography"
+    # Fewest inliers that count as "same place", calibrated per local feature on
+    # mismatched pairs (docs/quality.md); LANDMARKS_MIN_INLIERS overrides it.
+    min_inliers: int = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,15 +46,19 @@ class Verification:
 
     Attributes:
         inliers: number of distinct inlier locations (the score).
-        homography: (3, 3) float64 mapping image-1 pixels to image-2 pixels, or None.
+        homography: (3, 3) float64 mapping image-1 pixels to image-2 pixels, or None
+            (always None for the fundamental-matrix geometry).
         matches: (K, 2) int64 indices of the inlier matches into features 1 and 2.
         tentative: number of tentative (descriptor) matches before RANSAC.
+        fundamental: (3, 3) float64 with x2^T F x1 = 0 for the fundamental-matrix
+            geometry, else None.
     """
 
     inliers: int
     homography: np.ndarray | None
     matches: np.ndarray
     tentative: int
+    fundamental: np.ndarray | None = None
 
     @classmethod
     def failed(cls, tentative: int = 0) -> Verification:
@@ -85,6 +98,8 @@ def verify_matches(
     dst = keypoints2[matches[:, 1]].astype(np.float32)
     spread = float(np.ptp(keypoints2, axis=0).max()) if len(keypoints2) else 0.0
     threshold = max(1.0, config.relative_threshold * spread)
+    if config.geometry == "fundamental":
+        return _verify_fundamental(keypoints1, keypoints2, matches, src, dst, threshold, config)
     homography, mask = cv2.findHomography(
         src, dst, cv2.USAC_MAGSAC, threshold, maxIters=config.max_iterations, confidence=config.confidence
     )
@@ -92,6 +107,33 @@ def verify_matches(
         return Verification.failed(tentative)
     inlier_matches = matches[mask.ravel().astype(bool)]
     return Verification(_distinct_inliers(keypoints1, keypoints2, inlier_matches), homography, inlier_matches, tentative)
+
+
+def _verify_fundamental(
+    keypoints1: np.ndarray,
+    keypoints2: np.ndarray,
+    matches: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    threshold: float,
+    config: VerificationConfig,
+) -> Verification:
+    """Fundamental-matrix RANSAC (needs 8 matches); inliers lie within ``threshold`` px
+    of their epipolar lines."""
+    tentative = int(len(matches))
+    if tentative < 8:
+        return Verification.failed(tentative)
+    try:
+        fundamental, mask = cv2.findFundamentalMat(
+            src, dst, cv2.USAC_MAGSAC, threshold, config.confidence, config.max_iterations
+        )
+    except cv2.error:  # USAC asserts on some degenerate samples (e.g. all points on a line)
+        return Verification.failed(tentative)
+    if fundamental is None or mask is None or fundamental.shape != (3, 3):
+        return Verification.failed(tentative)
+    inlier_matches = matches[mask.ravel().astype(bool)]
+    inliers = _distinct_inliers(keypoints1, keypoints2, inlier_matches)
+    return Verification(inliers, None, inlier_matches, tentative, fundamental=fundamental)
 
 
 def _plausible(homography: np.ndarray, max_area_change: float) -> bool:

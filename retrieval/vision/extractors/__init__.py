@@ -1,6 +1,6 @@
 """Feature extractors, one module per model, built by name.
 
-A pipeline spec is ``<global>+<local>``, e.g. ``effnet-lite2-gem+rootsift``, or an
+A pipeline spec is ``<global>+<local>``, e.g. ``effnet-lite2-gem+effnet-lite2-local``, or an
 official model installed by ``manage.py fetch_model``: ``delg:<name>`` (its own global and
 local features) or ``delf:<name>`` (DELF local features; the global descriptor is
 ``effnet-lite2-gem``, or another with ``<global>+delf:<name>``). Modules that need
@@ -19,11 +19,21 @@ from retrieval.vision.features import ImageFeatures
 from retrieval.vision.verification import VerificationConfig
 
 GLOBAL_MODELS = ("effnet-lite0-gem", "effnet-lite2-gem")
-LOCAL_MODELS = ("rootsift", "xfeat")
+LOCAL_MODELS = ("rootsift", "xfeat", "effnet-lite0-local", "effnet-lite2-local")
+# Dense stride-16 CNN cells (effnet_local.py): a loose ratio test (their neighbours are
+# similar by construction), a fundamental matrix (a 16 px grid is too coarse for a tight
+# homography, and the scenes are 3D) within a quarter of a cell (0.004 of the image,
+# 4 px at 1024 px), and a "same place" threshold above the most inliers any mismatched
+# pair reached (docs/quality.md).
+_EFFNET_LOCAL_MATCHING = VerificationConfig(
+    ratio=0.95, mutual=True, geometry="fundamental", relative_threshold=0.004, min_inliers=40
+)
 # Matching settings of local features that do not suit the default (Lowe's ratio test):
 # XFeat's reference matcher is mutual nearest neighbours with a cosine similarity > 0.82.
 LOCAL_MATCHING: dict[str, VerificationConfig] = {
     "xfeat": VerificationConfig(ratio=1.0, mutual=True, min_similarity=0.82),
+    "effnet-lite0-local": _EFFNET_LOCAL_MATCHING,
+    "effnet-lite2-local": _EFFNET_LOCAL_MATCHING,
 }
 
 
@@ -33,11 +43,13 @@ class UnknownModelError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ExtractorConfig:
-    spec: str = "effnet-lite2-gem+rootsift"
+    spec: str = "effnet-lite2-gem+effnet-lite2-local"
     cache_dir: Path = Path("var/models")
     global_image_size: int = 512
     global_scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)
     max_keypoints: int = 1000
+    # Dense CNN cells kept per image (effnet-*-local): a 1024 px photo has ~3000.
+    max_local_cells: int = 2000
 
 
 class GlobalLocalExtractor(Extractor):
@@ -152,6 +164,12 @@ def build_extractor(config: ExtractorConfig) -> Extractor:
 
         model = read_installed(config.cache_dir, installed[1], kind="delf")
         local_extractor = DelfLocal(model=model, max_features=config.max_keypoints)
+    elif local_name.startswith("effnet-") and local_name.endswith("-local"):
+        from retrieval.vision.extractors.effnet_local import EfficientNetLiteLocal
+
+        local_extractor = EfficientNetLiteLocal(
+            variant=local_name.split("-")[1], max_features=config.max_local_cells, cache_dir=config.cache_dir
+        )
     elif local_name == "xfeat":
         from retrieval.vision.extractors.xfeat import XFeat
 
