@@ -1,4 +1,5 @@
-"""Pair separation of local features on wxbs: RootSIFT vs XFeat, homography vs fundamental.
+"""Pair separation of local features on wxbs: RootSIFT, XFeat and dense EfficientNet-Lite
+cells, homography vs fundamental matrix.
 
 For every true pair and every mismatched combination (image1 of pair i with image2 of
 pair j != i, skipping combinations whose two images are the same file content), the
@@ -11,6 +12,7 @@ median inliers, extraction ms per image and matching + RANSAC ms per pair.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ import numpy as np
 from retrieval.vision.evaluation import load_pair_dataset, median, roc_auc
 from retrieval.vision.features import LocalFeatures
 from retrieval.vision.matching import match_descriptors
-from retrieval.vision.verification import VerificationConfig, _distinct_inliers, verify_matches
+from retrieval.vision.verification import VerificationConfig, _distinct_inliers, verify_matches, verify_pair
 
 
 def fundamental_inliers(f1: LocalFeatures, f2: LocalFeatures, matches: np.ndarray, config: VerificationConfig) -> int:
@@ -45,6 +47,8 @@ def fundamental_inliers(f1: LocalFeatures, f2: LocalFeatures, matches: np.ndarra
 def score(f1: LocalFeatures, f2: LocalFeatures, config: VerificationConfig, geometry: str) -> int:
     if len(f1) < 4 or len(f2) < 4:
         return 0
+    if geometry == "product":  # exactly what the server does with this config
+        return verify_pair(f1, f2, config).inliers
     matches = match_descriptors(
         f1.descriptors, f2.descriptors, ratio=config.ratio, mutual=config.mutual, min_similarity=config.min_similarity
     )
@@ -60,6 +64,8 @@ def main() -> None:
     parser.add_argument("--max-features", type=int, default=1000)
     args = parser.parse_args()
 
+    from retrieval.vision.extractors import matching_config
+    from retrieval.vision.extractors.effnet_local import EfficientNetLiteLocal
     from retrieval.vision.extractors.rootsift import RootSIFT
     from retrieval.vision.extractors.xfeat import XFeat
 
@@ -73,7 +79,9 @@ def main() -> None:
     extractors = {
         "rootsift": RootSIFT(max_features=args.max_features),
         "xfeat": XFeat(max_features=args.max_features, cache_dir=args.cache),
+        "effnet-lite2-local": EfficientNetLiteLocal(variant="lite2", max_features=2000, cache_dir=args.cache),
     }
+    dense = matching_config("effnet-lite2-gem+effnet-lite2-local")
     variants = {
         "rootsift": [("ratio0.85+mutual", VerificationConfig())],
         "xfeat": [
@@ -81,6 +89,11 @@ def main() -> None:
             ("mutual+cos0.82", VerificationConfig(ratio=1.0, min_similarity=0.82)),
             ("mutual", VerificationConfig(ratio=1.0)),
             ("ratio0.9+mutual", VerificationConfig(ratio=0.9)),
+        ],
+        "effnet-lite2-local": [
+            ("default: ratio0.95+mutual, F within 0.004", dense),
+            ("ratio0.9+mutual", dataclasses.replace(dense, ratio=0.9)),
+            ("ratio0.95, homography within 0.03", dataclasses.replace(dense, geometry="homography", relative_threshold=0.03)),
         ],
     }
     print(f"{len(pairs)} true pairs, {len(combos) - len(pairs)} mismatched; {len(paths)} images")
@@ -93,7 +106,7 @@ def main() -> None:
         ms_image = 1000 * (time.perf_counter() - start) / len(paths)
         counts = np.median([len(f) for f in feats.values()])
         for label, config in variants[name]:
-            for geometry in ("homography", "fundamental"):
+            for geometry in ("product",) if name == "effnet-lite2-local" else ("homography", "fundamental"):
                 start = time.perf_counter()
                 scores = {
                     (i, j): score(feats[pairs[i].image1], feats[pairs[j].image2], config, geometry) for i, j in combos

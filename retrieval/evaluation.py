@@ -41,7 +41,7 @@ from django.db import DatabaseError, InterfaceError, connection
 from django.utils import timezone
 from tqdm import tqdm
 
-from retrieval import selectors, services
+from retrieval import extraction, selectors, services
 from retrieval.errors import RetrievalError
 from retrieval.models import Catalog, CatalogImage, Landmark, SearchQuery
 from retrieval.vision.evaluation import (
@@ -51,6 +51,7 @@ from retrieval.vision.evaluation import (
     PairDataset,
     QuerySpec,
     RetrievalDataset,
+    epipolar_errors,
     global_average_precision,
     load_pair_dataset,
     load_retrieval_dataset,
@@ -71,8 +72,9 @@ METRIC_KEYS = ("mAP", "mP@1", "mP@5", "mP@10", "recall@1", "recall@5", "recall@1
 # pgvector shortlist returns (with query expansion and database-side augmentation, where
 # the search's results report it as "similarity"); "verified": the final order.
 RANKINGS = ("global", "shortlist", "verified")
-# A true pair's estimated homography counts as right when its median transfer error on
-# the hand-marked points is at most this many pixels.
+# A true pair's estimated geometry counts as right when its median error on the
+# hand-marked points is at most this many pixels: the transfer error of a homography, or
+# the symmetric epipolar distance of a fundamental matrix.
 TRANSFER_OK_PX = 10.0
 RECALL_GRID = np.linspace(0.0, 1.0, 101)
 # The deepest ranking one search can return: the shortlist sets pgvector's hnsw.ef_search
@@ -155,9 +157,10 @@ def search_settings() -> dict[str, Any]:
         "global_image_size": settings.LANDMARKS_GLOBAL_IMAGE_SIZE,
         "global_scales": list(settings.LANDMARKS_GLOBAL_SCALES),
         "max_keypoints": settings.LANDMARKS_MAX_KEYPOINTS,
+        "max_local_cells": settings.LANDMARKS_MAX_LOCAL_CELLS,
         "shortlist_size": settings.LANDMARKS_SHORTLIST_SIZE,
         "verify_top": settings.LANDMARKS_VERIFY_TOP,
-        "min_inliers": settings.LANDMARKS_MIN_INLIERS,
+        "min_inliers": extraction.min_inliers(settings.LANDMARKS_EXTRACTOR),
         "hnsw_ef_search": settings.LANDMARKS_HNSW_EF_SEARCH,
         "qe_neighbours": settings.LANDMARKS_QE_NEIGHBOURS,
         "dba_neighbours": settings.LANDMARKS_DBA_NEIGHBOURS,
@@ -520,6 +523,8 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
         error = math.nan
         if verification.homography is not None and len(pair.correspondences):
             error = float(np.median(transfer_errors(verification.homography, pair.correspondences)))
+        elif verification.fundamental is not None and len(pair.correspondences):
+            error = float(np.median(epipolar_errors(verification.fundamental, pair.correspondences)))
         true_inliers.append(verification.inliers)
         rows.append(
             {
@@ -543,7 +548,7 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
     metrics = pair_metrics(true_inliers, false_inliers)
     marked = [row for row, pair in zip(rows, dataset.pairs, strict=True) if len(pair.correspondences)]
     checked = [row["transfer_error_px"] for row in marked]
-    errors = [e for e in checked if e is not None]  # a pair without a homography counts as wrong
+    errors = [e for e in checked if e is not None]  # a pair without a geometry counts as wrong
     evaluation.inliers["pairs: true"] = true_inliers
     evaluation.inliers["pairs: mismatched"] = false_inliers
     evaluation.summary.setdefault("kind", "pairs")
@@ -654,7 +659,8 @@ def render_text(summary: Mapping[str, Any]) -> str:
         lines.append(
             f"pairs: {p['true_pairs']} true, {p['false_pairs']} mismatched; AUC {_num(p['auc'], 3)}; median "
             f"inliers {_num(p['true_median_inliers'])} vs {_num(p['false_median_inliers'])} (max "
-            f"{p['false_max_inliers']}); homography transfer error median {_num(p['transfer_error_median_px'])} px"
+            f"{p['false_max_inliers']}); geometry error on the marked points median "
+            f"{_num(p['transfer_error_median_px'])} px"
         )
     if summary["timings_ms"]:
         stages = ", ".join(f"{stage} {ms:g}" for stage, ms in summary["timings_ms"].items())
@@ -739,12 +745,12 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "file were skipped as the same place).",
             "",
             "| AUC | median inliers, true | median inliers, mismatched | max inliers, mismatched "
-            f"| median transfer error (px) | {within.replace('_', ' ')} (%) |",
+            f"| median geometry error (px) | {within.replace('_', ' ')} (%) |",
             "|---:|---:|---:|---:|---:|---:|",
             f"| {_num(p['auc'], 3)} | {_num(p['true_median_inliers'])} | {_num(p['false_median_inliers'])} "
             f"| {p['false_max_inliers']} | {_num(p['transfer_error_median_px'])} | {_pct(p[within])} |",
             "",
-            "| pair | inliers | tentative | transfer error (px) | max mismatched inliers |",
+            "| pair | inliers | tentative | geometry error (px) | max mismatched inliers |",
             "|---|---:|---:|---:|---:|",
         ]
         for row in p["per_pair"]:
@@ -796,7 +802,7 @@ def write_plots(evaluation: Evaluation, folder: Path) -> list[Path]:
         bins = np.arange(0, top + 2) if top <= 60 else np.linspace(0, top + 1, 61)
         for (key, values), color in zip(groups.items(), ("tab:green", "tab:red"), strict=False):
             ax.hist(values, bins=bins, alpha=0.6, color=color, label=f"{key.split(': ')[1]} (n={len(values)})")
-        ax.axvline(settings.LANDMARKS_MIN_INLIERS, color="black", linestyle="--", linewidth=1, label="min_inliers")
+        ax.axvline(extraction.min_inliers(settings.LANDMARKS_EXTRACTOR), color="black", linestyle="--", linewidth=1, label="min_inliers")
         ax.set_yscale("log")
         ax.set(xlabel="inliers", ylabel="count")
         ax.set_title(f"{name}: inliers, {prefix}", fontsize=9)

@@ -10,7 +10,7 @@ import threading
 
 from django.conf import settings
 
-from retrieval.vision.extractors import ExtractorConfig, build_extractor
+from retrieval.vision.extractors import ExtractorConfig, build_extractor, matching_config
 from retrieval.vision.extractors.base import Extractor
 
 _lock = threading.Lock()
@@ -24,6 +24,7 @@ def extractor_config(spec: str | None = None) -> ExtractorConfig:
         global_image_size=settings.LANDMARKS_GLOBAL_IMAGE_SIZE,
         global_scales=tuple(settings.LANDMARKS_GLOBAL_SCALES),
         max_keypoints=settings.LANDMARKS_MAX_KEYPOINTS,
+        max_local_cells=settings.LANDMARKS_MAX_LOCAL_CELLS,
     )
 
 
@@ -34,6 +35,12 @@ def get_extractor(spec: str | None = None) -> Extractor:
         if config.spec not in _extractors:
             _extractors[config.spec] = build_extractor(config)
         return _extractors[config.spec]
+
+
+def min_inliers(spec: str) -> int:
+    """Inliers a verified result needs: ``LANDMARKS_MIN_INLIERS`` when set, else the value
+    calibrated for the local feature of pipeline ``spec`` (cheap: builds nothing)."""
+    return settings.LANDMARKS_MIN_INLIERS or matching_config(spec).min_inliers
 
 
 def reset_extractor() -> None:

@@ -15,7 +15,7 @@ from django.core.files.base import ContentFile
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from retrieval import selectors
+from retrieval import extraction, selectors
 from retrieval.errors import DuplicateImage, InvalidInput, NotFound, PayloadTooLarge, RetrievalError, from_image_error
 from retrieval.models import (
     Catalog,
@@ -415,7 +415,7 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
         }
 
     verifications: dict[int, Verification] = _timed(timings, "verify", verify)  # type: ignore[assignment]
-    min_inliers = settings.LANDMARKS_MIN_INLIERS
+    min_inliers = extraction.min_inliers(extractor.model_name)
     ranked = rerank(
         [(c.image_id, c.similarity) for c in candidates],
         {image_id: v.inliers for image_id, v in verifications.items()},

@@ -51,6 +51,13 @@ def get_int(name: str, default: int, *, minimum: int | None = None) -> int:
     return value
 
 
+def get_optional_int(name: str, *, minimum: int | None = None) -> int | None:
+    """An integer, or None when the variable is unset or empty."""
+    if os.environ.get(name, "") == "":
+        return None
+    return get_int(name, 0, minimum=minimum)
+
+
 def get_float(name: str, default: float, *, minimum: float | None = None) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":

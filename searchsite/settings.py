@@ -95,11 +95,14 @@ LANDMARKS_MAX_IMAGE_PIXELS = env.get_int("LANDMARKS_MAX_IMAGE_PIXELS", 50_000_00
 LANDMARKS_MIN_IMAGE_SIDE = env.get_int("LANDMARKS_MIN_IMAGE_SIDE", 32, minimum=1)
 
 # Feature extraction and search.
-LANDMARKS_EXTRACTOR = env.get_str("LANDMARKS_EXTRACTOR", "effnet-lite2-gem+rootsift")
+LANDMARKS_EXTRACTOR = env.get_str("LANDMARKS_EXTRACTOR", "effnet-lite2-gem+effnet-lite2-local")
 LANDMARKS_MAX_KEYPOINTS = env.get_int("LANDMARKS_MAX_KEYPOINTS", 1000, minimum=10)
+# Dense CNN cells kept per image by the effnet-*-local features (~3000 at 1024 px).
+LANDMARKS_MAX_LOCAL_CELLS = env.get_int("LANDMARKS_MAX_LOCAL_CELLS", 2000, minimum=10)
 LANDMARKS_SHORTLIST_SIZE = env.get_int("LANDMARKS_SHORTLIST_SIZE", 100, minimum=1)
 LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
-LANDMARKS_MIN_INLIERS = env.get_int("LANDMARKS_MIN_INLIERS", 8, minimum=4)
+# Inliers for "same place"; unset: the value calibrated for the local feature in use.
+LANDMARKS_MIN_INLIERS = env.get_optional_int("LANDMARKS_MIN_INLIERS", minimum=4)
 LANDMARKS_SEARCH_WAIT_SECONDS = env.get_float("LANDMARKS_SEARCH_WAIT_SECONDS", 60.0, minimum=0.0)
 # Query expansion (alpha-QE) and database-side augmentation (DBA); 0 switches each off.
 LANDMARKS_QE_NEIGHBOURS = env.get_int("LANDMARKS_QE_NEIGHBOURS", 10, minimum=0)

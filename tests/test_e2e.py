@@ -152,15 +152,17 @@ def test_selecting_another_model_reindexes_and_switches_when_done(
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     old_model = indexed_catalog.active_model
-    call_command("select_model", "effnet-lite2-gem+rootsift", catalog="demo")
+    # Dense CNN local features, verified with a fundamental matrix (40 inliers to verify).
+    call_command("select_model", "effnet-lite0-gem+effnet-lite0-local", catalog="demo")
     indexed_catalog.refresh_from_db()
-    assert indexed_catalog.extractor_spec == "effnet-lite2-gem+rootsift"
-    assert indexed_catalog.active_model.name == "effnet-lite2-gem+rootsift" != old_model.name
+    assert indexed_catalog.extractor_spec == "effnet-lite0-gem+effnet-lite0-local"
+    assert indexed_catalog.active_model.name == "effnet-lite0-gem+effnet-lite0-local" != old_model.name
     assert ImageDescriptor.objects.filter(model=indexed_catalog.active_model).count() == 12
     upload = SimpleUploadedFile("q.jpg", _transformed_query(real_photos["coffee"]), "image/jpeg")
     body = client.post("/api/search", {"image": upload, "catalog": "demo"}).json()
-    assert body["model"].startswith("effnet-lite2-gem+rootsift@")
+    assert body["model"].startswith("effnet-lite0-gem+effnet-lite0-local@")
     assert body["results"][0]["landmark"] == "coffee" and body["results"][0]["verified"]
+    assert body["results"][0]["inliers"] >= 40 and body["landmark"]["name"] == "coffee"
 
 
 def test_selecting_an_unknown_model_exits_with_a_message(indexed_catalog: Catalog) -> None:

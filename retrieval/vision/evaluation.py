@@ -457,6 +457,37 @@ def pair_metrics(
     }
 
 
+def epipolar_errors(fundamental: np.ndarray, correspondences: np.ndarray) -> np.ndarray:
+    """Symmetric epipolar distance of each marked correspondence under ``fundamental``:
+    the mean of the image-2 point's distance to the epipolar line of its image-1 point and
+    the reverse.
+
+    Args:
+        fundamental: (3, 3) with ``x2^T F x1 = 0`` (x, y, 1 convention).
+        correspondences: (N, 4) rows ``[x1, y1, x2, y2]`` as in ``pairs.json``.
+
+    Returns:
+        (N,) float64 pixel distances; ``inf`` where an epipolar line is undefined.
+    """
+    f = np.asarray(fundamental, dtype=np.float64)
+    c = np.asarray(correspondences, dtype=np.float64)
+    if f.shape != (3, 3):
+        raise ValueError(f"fundamental must be (3, 3), got {f.shape}")
+    if c.ndim != 2 or c.shape[1] != 4:
+        raise ValueError(f"correspondences must be (N, 4), got {c.shape}")
+    ones = np.ones((len(c), 1))
+    x1 = np.hstack([c[:, :2], ones])
+    x2 = np.hstack([c[:, 2:], ones])
+    lines2 = x1 @ f.T  # epipolar lines in image 2
+    lines1 = x2 @ f  # epipolar lines in image 1
+    algebraic = np.abs(np.sum(x2 * lines2, axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d2 = algebraic / np.hypot(lines2[:, 0], lines2[:, 1])
+        d1 = algebraic / np.hypot(lines1[:, 0], lines1[:, 1])
+    distance = (d1 + d2) / 2
+    return np.where(np.isfinite(distance), distance, np.inf)
+
+
 def transfer_errors(homography: np.ndarray, correspondences: np.ndarray) -> np.ndarray:
     """Distance between each image2 point and its image1 point mapped by ``homography``.
 

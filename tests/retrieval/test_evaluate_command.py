@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from retrieval import services
+from retrieval.extraction import min_inliers
 from retrieval.models import Catalog, CatalogImage, ImageDescriptor, Landmark, SearchQuery
 from tests.conftest import encode, load_photo
 
@@ -131,7 +132,8 @@ def test_it_scores_both_rankings_and_pairs_and_deletes_the_catalog(
     pairs = report["pairs"]
     assert pairs["true_pairs"] == 3 and pairs["false_pairs"] == 6
     assert pairs["auc"] == 1.0
-    assert pairs["true_median_inliers"] >= 30 > settings.LANDMARKS_MIN_INLIERS > pairs["false_median_inliers"]
+    threshold = min_inliers(settings.LANDMARKS_EXTRACTOR)
+    assert pairs["true_median_inliers"] >= 30 > threshold > pairs["false_median_inliers"]
     assert pairs["transfer_error_median_px"] < 5.0
     assert {"index", "augment", "extract", "shortlist", "verify", "total", "pair_verify"} <= set(report["timings_ms"])
 

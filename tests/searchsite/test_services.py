@@ -42,6 +42,18 @@ def test_env_helpers_reject_malformed_values(monkeypatch: pytest.MonkeyPatch) ->
         env.get_int("LANDMARKS_X", 1, minimum=5)
 
 
+def test_optional_int_is_none_when_unset_and_checked_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LANDMARKS_X", raising=False)
+    assert env.get_optional_int("LANDMARKS_X", minimum=4) is None
+    monkeypatch.setenv("LANDMARKS_X", "")
+    assert env.get_optional_int("LANDMARKS_X", minimum=4) is None
+    monkeypatch.setenv("LANDMARKS_X", "12")
+    assert env.get_optional_int("LANDMARKS_X", minimum=4) == 12
+    monkeypatch.setenv("LANDMARKS_X", "2")
+    with pytest.raises(ImproperlyConfigured, match=">= 4"):
+        env.get_optional_int("LANDMARKS_X", minimum=4)
+
+
 def test_env_reads_secrets_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "secret").write_text("s3cret\n")
     monkeypatch.setenv("DJANGO_SECRET_KEY_FILE", str(tmp_path / "secret"))

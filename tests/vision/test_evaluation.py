@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from retrieval.vision.evaluation import (
+    epipolar_errors,
     DatasetError,
     ImagePair,
     QuerySpec,
@@ -367,6 +368,15 @@ def test_transfer_errors_measure_distance_after_mapping() -> None:
     shift = np.array([[1.0, 0, 10], [0, 1, 0], [0, 0, 1]])
     points = np.array([[0.0, 0, 10, 0], [5, 5, 15, 8]])
     np.testing.assert_allclose(transfer_errors(shift, points), [0.0, 3.0])
+
+
+def test_epipolar_errors_measure_distance_to_the_epipolar_lines() -> None:
+    # A sideways camera move: epipolar lines are the rows, so the error is |y1 - y2|.
+    sideways = np.array([[0.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    points = np.array([[0.0, 0, 10, 0], [5, 5, 15, 8], [7, 2, 100, 2]])
+    np.testing.assert_allclose(epipolar_errors(sideways, points), [0.0, 3.0, 0.0])
+    with pytest.raises(ValueError, match=r"\(3, 3\)"):
+        epipolar_errors(np.eye(2), points)
 
 
 def test_transfer_errors_reject_bad_shapes() -> None:
