@@ -469,15 +469,7 @@ def epipolar_errors(fundamental: np.ndarray, correspondences: np.ndarray) -> np.
     Returns:
         (N,) float64 pixel distances; ``inf`` where an epipolar line is undefined.
     """
-    f = np.asarray(fundamental, dtype=np.float64)
-    c = np.asarray(correspondences, dtype=np.float64)
-    if f.shape != (3, 3):
-        raise ValueError(f"fundamental must be (3, 3), got {f.shape}")
-    if c.ndim != 2 or c.shape[1] != 4:
-        raise ValueError(f"correspondences must be (N, 4), got {c.shape}")
-    ones = np.ones((len(c), 1))
-    x1 = np.hstack([c[:, :2], ones])
-    x2 = np.hstack([c[:, 2:], ones])
+    f, x1, x2 = _homogeneous_pairs("fundamental", fundamental, correspondences)
     lines2 = x1 @ f.T  # epipolar lines in image 2
     lines1 = x2 @ f  # epipolar lines in image 1
     algebraic = np.abs(np.sum(x2 * lines2, axis=1))
@@ -501,18 +493,28 @@ def transfer_errors(homography: np.ndarray, correspondences: np.ndarray) -> np.n
     Raises:
         ValueError: wrong shapes.
     """
-    h = np.asarray(homography, dtype=np.float64)
-    c = np.asarray(correspondences, dtype=np.float64)
-    if h.shape != (3, 3):
-        raise ValueError(f"homography must be (3, 3), got {h.shape}")
-    if c.ndim != 2 or c.shape[1] != 4:
-        raise ValueError(f"correspondences must be (N, 4), got {c.shape}")
-    src = np.concatenate([c[:, :2], np.ones((len(c), 1))], axis=1) @ h.T
+    h, x1, x2 = _homogeneous_pairs("homography", homography, correspondences)
+    src = x1 @ h.T
     w = src[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
         mapped = src[:, :2] / w[:, None]
-        err = np.linalg.norm(mapped - c[:, 2:], axis=1)
+        err = np.linalg.norm(mapped - x2[:, :2], axis=1)
     return np.where(np.abs(w) > 1e-12, err, np.inf)
+
+
+def _homogeneous_pairs(
+    name: str, matrix: np.ndarray, correspondences: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checks a (3, 3) two-view matrix and (N, 4) ``[x1, y1, x2, y2]`` rows; returns the
+    float64 matrix and the (N, 3) homogeneous image-1 and image-2 points."""
+    m = np.asarray(matrix, dtype=np.float64)
+    c = np.asarray(correspondences, dtype=np.float64)
+    if m.shape != (3, 3):
+        raise ValueError(f"{name} must be (3, 3), got {m.shape}")
+    if c.ndim != 2 or c.shape[1] != 4:
+        raise ValueError(f"correspondences must be (N, 4), got {c.shape}")
+    ones = np.ones((len(c), 1))
+    return m, np.hstack([c[:, :2], ones]), np.hstack([c[:, 2:], ones])
 
 
 # ---------------------------------------------------------------------------------------
