@@ -122,6 +122,25 @@ def resize_max_side(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
 
+def resize_long_side(image: np.ndarray, long_side: float) -> np.ndarray:
+    """Resize so that the longer side is ``round(long_side)``, enlarging too (extractors
+    that must see the same scale whatever the upload's resolution).
+
+    Args:
+        image: (H, W, C) uint8.
+    Returns:
+        (H', W', C) uint8; ``image`` itself when the size is already right.
+    """
+    import cv2
+
+    height, width = image.shape[:2]
+    factor = long_side / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    if size == (width, height):
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+
+
 def crop_bbox(image: np.ndarray, bbox: tuple[float, float, float, float] | None) -> tuple[np.ndarray, tuple[int, int]]:
     """Crop to ``[x1, y1, x2, y2]`` (clipped to the image); returns the crop and its offset."""
     if bbox is None:

@@ -108,3 +108,10 @@ def test_crop_bbox_returns_the_region_and_its_offset(photo: np.ndarray) -> None:
 def test_crop_bbox_refuses_a_box_outside_the_image(photo: np.ndarray) -> None:
     with pytest.raises(pp.ImageError, match="does not overlap"):
         pp.crop_bbox(photo, (5000, 5000, 6000, 6000))
+
+
+def test_resize_long_side_shrinks_and_enlarges_keeping_the_aspect() -> None:
+    image = np.zeros((300, 600, 3), np.uint8)
+    assert pp.resize_long_side(image, 1024).shape == (512, 1024, 3)
+    assert pp.resize_long_side(image, 150).shape == (75, 150, 3)
+    assert pp.resize_long_side(image, 600) is image

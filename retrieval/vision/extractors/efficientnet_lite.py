@@ -31,7 +31,6 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 import tensorflow as tf
@@ -39,6 +38,7 @@ import tensorflow as tf
 from retrieval.vision.extractors.base import GlobalExtractor
 from retrieval.vision.extractors.keras_weights import assign_weights, save_weights
 from retrieval.vision.extractors.torch_weights import load_state_dict
+from retrieval.vision.preprocessing import resize_long_side
 
 logger = logging.getLogger(__name__)
 
@@ -395,12 +395,8 @@ class EfficientNetLiteGeM(GlobalExtractor):
         """Args: image (H, W, 3) uint8 RGB. Returns (1280,) float32 with unit L2 norm."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
-        height, width = image.shape[:2]
         total = np.zeros(HEAD_CHANNELS, np.float64)
         for scale in self.scales:
-            factor = scale * self.image_size / max(height, width)
-            size = (max(1, round(width * factor)), max(1, round(height * factor)))
-            interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-            resized = cv2.resize(image, size, interpolation=interpolation) if size != (width, height) else image
+            resized = resize_long_side(image, scale * self.image_size)
             total += self._pool(tf.convert_to_tensor(np.ascontiguousarray(resized))).numpy()
         return (total / np.linalg.norm(total)).astype(np.float32)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -30,6 +29,7 @@ from retrieval.vision.extractors.efficientnet_lite import (
     ensure_weights,
 )
 from retrieval.vision.features import LocalFeatures
+from retrieval.vision.preprocessing import resize_long_side
 
 # Bump when the extraction below changes in a way that changes stored features.
 CODE_VERSION = "1"
@@ -92,10 +92,7 @@ class EfficientNetLiteLocal(LocalExtractor):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
         height, width = image.shape[:2]
-        factor = self.image_size / max(height, width)
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(image, size, interpolation=interpolation) if size != (width, height) else image
+        resized = resize_long_side(image, self.image_size)
         fmap = self._run(tf.convert_to_tensor(resized.astype(np.float32))).numpy()  # (h, w, C)
         cells_y, cells_x, channels = fmap.shape
         # Cell size in input pixels, per axis (the last cell may be cut by "same" padding).
