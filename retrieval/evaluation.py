@@ -10,7 +10,7 @@ the final verified order ("verified"). The catalog, its rows and its files are d
 the end, also after an error or Ctrl-C.
 
 Pair sets (``pairs.json``): both images of every pair go through the server's extractor;
-``verify_pair`` scores each true pair and every mismatched pair (image1 of one pair against
+``verify_matches`` scores each true pair and every mismatched pair (image1 of one pair against
 image2 of every other pair, except pairs that share an image file and so show the same
 place) by inliers; estimated homographies are checked against the hand-marked
 correspondences.
@@ -62,8 +62,8 @@ from retrieval.vision.evaluation import (
     score_queries,
     transfer_errors,
 )
-from retrieval.vision.features import ImageFeatures
-from retrieval.vision.verification import verify_pair
+from retrieval.vision.features import ImageFeatures, LocalFeatures
+from retrieval.vision.verification import Verification, VerificationConfig, tentative_matches, verify_matches
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ def evaluate(
     pairs: PairDataset | None,
     *,
     top_k: int | None = None,
+    ransac_seeds: int = 1,
     progress: bool = True,
 ) -> Evaluation:
     """Evaluate the loaded sets with the configured extractor and search settings.
@@ -129,8 +130,12 @@ def evaluate(
     Args:
         top_k: score only the first ``top_k`` results of each ranking (positives further
             down count as not retrieved); ``None`` scores the whole ranked catalog.
+        ransac_seeds: pair sets: verify every pair with RANSAC seeds 0..N-1 and report the
+            AUC of each seed and their mean (seed 0 is the server's).
         progress: show tqdm progress bars (on stderr).
     """
+    if ransac_seeds < 1:
+        raise ValueError(f"ransac_seeds must be at least 1, got {ransac_seeds}")
     from retrieval.extraction import get_extractor
 
     started = time.perf_counter()
@@ -144,7 +149,7 @@ def evaluate(
     if retrieval is not None:
         _evaluate_retrieval(retrieval, evaluation, top_k=top_k, progress=progress)
     if pairs is not None:
-        _evaluate_pairs(pairs, evaluation, progress=progress)
+        _evaluate_pairs(pairs, evaluation, seeds=range(ransac_seeds), progress=progress)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     summary["finished_at"] = timezone.now().isoformat(timespec="seconds")
     return evaluation
@@ -485,7 +490,7 @@ def interpolated_precision(recall: np.ndarray, precision: np.ndarray, grid: np.n
 # --- pairs --------------------------------------------------------------------------------
 
 
-def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: bool) -> None:
+def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, seeds: Sequence[int], progress: bool) -> None:
     from retrieval.extraction import get_extractor
 
     from retrieval.vision.extractors import matching_config
@@ -515,17 +520,21 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
     place = same_place_groups(digests)
     verify_ms: list[float] = []
     rows: list[dict[str, Any]] = []
-    true_inliers: list[int] = []
+    # Inlier counts per seed: true_inliers[s][n] is pair n's with seeds[s].
+    true_inliers: list[list[int]] = [[] for _ in seeds]
+    false_inliers: list[list[int]] = [[] for _ in seeds]
     for n, pair in enumerate(dataset.pairs):
         start = time.perf_counter()
-        verification = verify_pair(first[n].local, second[n].local, matching)
-        verify_ms.append((time.perf_counter() - start) * 1000)
+        verifications = _verify_with_seeds(first[n].local, second[n].local, matching, seeds)
+        verify_ms.append((time.perf_counter() - start) * 1000 / len(seeds))
+        verification = verifications[0]
         error = math.nan
         if verification.homography is not None and len(pair.correspondences):
             error = float(np.median(transfer_errors(verification.homography, pair.correspondences)))
         elif verification.fundamental is not None and len(pair.correspondences):
             error = float(np.median(epipolar_errors(verification.fundamental, pair.correspondences)))
-        true_inliers.append(verification.inliers)
+        for counts, v in zip(true_inliers, verifications, strict=True):
+            counts.append(v.inliers)
         rows.append(
             {
                 "id": pair.id,
@@ -535,34 +544,42 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
                 "transfer_error_px": _clean(error),
             }
         )
-    false_inliers: list[int] = []
     # Pairs that share an image file show the same place: never a mismatched pair.
     others = [[m for m in range(len(rows)) if place[m] != place[n]] for n in range(len(rows))]
     total = sum(len(o) for o in others)
     with tqdm(total=total, desc="mismatched pairs", unit="pair", disable=not progress) as bar:
         for n, row in enumerate(rows):
-            against = [verify_pair(first[n].local, second[m].local, matching).inliers for m in others[n]]
+            against = [_verify_with_seeds(first[n].local, second[m].local, matching, seeds) for m in others[n]]
             bar.update(len(against))
-            false_inliers.extend(against)
-            row["max_false_inliers"] = max(against, default=None)
-    metrics = pair_metrics(true_inliers, false_inliers)
+            for s, counts in enumerate(false_inliers):
+                counts.extend(v[s].inliers for v in against)
+            row["max_false_inliers"] = max((v[0].inliers for v in against), default=None)
+    # Medians, histograms and per-pair rows are seed 0's (the server's); the AUC is
+    # reported for every seed and as their mean.
+    metrics = pair_metrics(true_inliers[0], false_inliers[0])
+    aucs = [pair_metrics(t, f)["auc"] for t, f in zip(true_inliers, false_inliers, strict=True)]
+    defined = [a for a in aucs if a is not None]
     marked = [row for row, pair in zip(rows, dataset.pairs, strict=True) if len(pair.correspondences)]
     checked = [row["transfer_error_px"] for row in marked]
     errors = [e for e in checked if e is not None]  # a pair without a geometry counts as wrong
-    evaluation.inliers["pairs: true"] = true_inliers
-    evaluation.inliers["pairs: mismatched"] = false_inliers
+    evaluation.inliers["pairs: true"] = true_inliers[0]
+    evaluation.inliers["pairs: mismatched"] = false_inliers[0]
     evaluation.summary.setdefault("kind", "pairs")
     evaluation.summary["pairs"] = _clean(
         {
             "name": dataset.name,
             "source": dataset.source,
-            "true_pairs": len(true_inliers),
-            "false_pairs": len(false_inliers),
+            "true_pairs": len(true_inliers[0]),
+            "false_pairs": len(false_inliers[0]),
             "same_place_skipped": len(rows) * (len(rows) - 1) - total,
-            "auc": metrics["auc"],
+            "auc": statistics.fmean(defined) if defined else None,
+            "ransac_seeds": len(seeds),
+            "auc_by_seed": aucs,
+            "auc_min": min(defined, default=None),
+            "auc_max": max(defined, default=None),
             "true_median_inliers": metrics["median_positive"],
             "false_median_inliers": metrics["median_negative"],
-            "false_max_inliers": max(false_inliers, default=None),
+            "false_max_inliers": max(false_inliers[0], default=None),
             "transfer_error_median_px": statistics.median(errors) if errors else math.nan,
             f"transfer_within_{TRANSFER_OK_PX:g}px": (
                 sum(e <= TRANSFER_OK_PX for e in errors) / len(checked) if checked else math.nan
@@ -571,6 +588,17 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, progress: b
         }
     )
     evaluation.summary["timings_ms"].update(_medians({"pair_extract": extract_ms, "pair_verify": verify_ms}))
+
+
+def _verify_with_seeds(
+    features1: LocalFeatures, features2: LocalFeatures, matching: VerificationConfig, seeds: Sequence[int]
+) -> list[Verification]:
+    """One verification per RANSAC seed; the descriptors are matched once."""
+    matches = tentative_matches(features1, features2, matching)
+    return [
+        verify_matches(features1.keypoints, features2.keypoints, matches, dataclasses.replace(matching, seed=seed))
+        for seed in seeds
+    ]
 
 
 def same_place_groups(digests: Sequence[Set[str]]) -> list[int]:
@@ -630,6 +658,13 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _seed_spread(pairs: Mapping[str, Any]) -> str:
+    """" (mean of N RANSAC seeds, min-max)" when more than one seed was run."""
+    if pairs.get("ransac_seeds", 1) < 2:
+        return ""
+    return f" (mean of {pairs['ransac_seeds']} RANSAC seeds, {_num(pairs['auc_min'], 3)}-{_num(pairs['auc_max'], 3)})"
+
+
 def render_text(summary: Mapping[str, Any]) -> str:
     """The summary printed by the command."""
     lines = [f"dataset {summary['dataset']}   model {summary['model']}   {summary['wall_s']} s"]
@@ -657,7 +692,8 @@ def render_text(summary: Mapping[str, Any]) -> str:
     if "pairs" in summary:
         p = summary["pairs"]
         lines.append(
-            f"pairs: {p['true_pairs']} true, {p['false_pairs']} mismatched; AUC {_num(p['auc'], 3)}; median "
+            f"pairs: {p['true_pairs']} true, {p['false_pairs']} mismatched; AUC {_num(p['auc'], 3)}{_seed_spread(p)}; "
+            "median "
             f"inliers {_num(p['true_median_inliers'])} vs {_num(p['false_median_inliers'])} (max "
             f"{p['false_max_inliers']}); geometry error on the marked points median "
             f"{_num(p['transfer_error_median_px'])} px"
@@ -747,8 +783,12 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "| AUC | median inliers, true | median inliers, mismatched | max inliers, mismatched "
             f"| median geometry error (px) | {within.replace('_', ' ')} (%) |",
             "|---:|---:|---:|---:|---:|---:|",
-            f"| {_num(p['auc'], 3)} | {_num(p['true_median_inliers'])} | {_num(p['false_median_inliers'])} "
-            f"| {p['false_max_inliers']} | {_num(p['transfer_error_median_px'])} | {_pct(p[within])} |",
+            f"| {_num(p['auc'], 3)}{_seed_spread(p)} | {_num(p['true_median_inliers'])} "
+            f"| {_num(p['false_median_inliers'])} | {p['false_max_inliers']} | {_num(p['transfer_error_median_px'])} "
+            f"| {_pct(p[within])} |",
+            "",
+            "The AUC is the mean over RANSAC seeds 0..N-1 (`--ransac-seeds N`); the inlier columns and the "
+            "rows below are seed 0's, the server's.",
             "",
             "| pair | inliers | tentative | geometry error (px) | max mismatched inliers |",
             "|---|---:|---:|---:|---:|",

@@ -110,7 +110,7 @@ def test_it_scores_both_rankings_and_pairs_and_deletes_the_catalog(
     media_before = _media_files()
     out = tmp_path / "out"
     call_command(
-        "evaluate", str(tiny_dataset), "--no-progress",
+        "evaluate", str(tiny_dataset), "--no-progress", "--ransac-seeds", "2",
         json=str(out / "tiny.json"), markdown=str(out / "tiny.md"), plots=str(out / "plots"),
     )  # fmt: skip
 
@@ -132,6 +132,7 @@ def test_it_scores_both_rankings_and_pairs_and_deletes_the_catalog(
     pairs = report["pairs"]
     assert pairs["true_pairs"] == 3 and pairs["false_pairs"] == 6
     assert pairs["auc"] == 1.0
+    assert pairs["ransac_seeds"] == 2 and pairs["auc_by_seed"] == [1.0, 1.0]
     threshold = min_inliers(settings.LANDMARKS_EXTRACTOR)
     assert pairs["true_median_inliers"] >= 30 > threshold > pairs["false_median_inliers"]
     assert pairs["transfer_error_median_px"] < 5.0
@@ -215,6 +216,11 @@ def test_it_refuses_a_bad_dataset_with_a_clear_message(tmp_path: Path, make, mes
     make(folder)
     with pytest.raises(CommandError, match=message):
         call_command("evaluate", str(folder), "--no-progress")
+
+
+def test_it_refuses_fewer_than_one_ransac_seed(tiny_dataset: Path) -> None:
+    with pytest.raises(CommandError, match="--ransac-seeds must be at least 1"):
+        call_command("evaluate", str(tiny_dataset), "--no-progress", "--ransac-seeds", "0")
 
 
 def test_it_exits_non_zero_from_the_command_line(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from retrieval.vision.extractors.rootsift import RootSIFT
 from retrieval.vision.matching import match_descriptors
-from retrieval.vision.verification import verify_pair
+from retrieval.vision.verification import VerificationConfig, verify_matches, verify_pair
 from tests.conftest import load_photo
 
 
@@ -82,3 +82,28 @@ def test_mutual_matching_keeps_one_row_when_two_query_rows_are_identical() -> No
     matches = match_descriptors(a, b, ratio=1.0, mutual=True)
     assert sorted(matches[:, 1].tolist()) == [0, 1, 2, 3, 4]
     assert len(np.unique(matches[:, 0])) == 5
+
+
+def _weak_matches() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """40 noisy matches of one homography among 160 random ones: a fit RANSAC's luck decides."""
+    rng = np.random.default_rng(7)
+    src = rng.uniform(0, 800, size=(200, 2)).astype(np.float32)
+    projected = cv2.perspectiveTransform(src[None], KNOWN_H)[0]
+    dst = np.where(np.arange(200)[:, None] < 40, projected + rng.normal(0, 3, (200, 2)), rng.uniform(0, 800, (200, 2)))
+    return src, dst.astype(np.float32), np.stack([np.arange(200), np.arange(200)], axis=1)
+
+
+def test_the_same_ransac_seed_gives_the_same_inliers() -> None:
+    src, dst, matches = _weak_matches()
+    config = VerificationConfig(seed=3, max_iterations=50)
+    first, second = verify_matches(src, dst, matches, config), verify_matches(src, dst, matches, config)
+    assert first.inliers == second.inliers and np.array_equal(first.matches, second.matches)
+
+
+def test_the_ransac_seed_reaches_opencv() -> None:
+    src, dst, matches = _weak_matches()
+    results = {
+        tuple(verify_matches(src, dst, matches, VerificationConfig(seed=seed, max_iterations=50)).matches[:, 0])
+        for seed in range(10)
+    }
+    assert len(results) > 1

@@ -33,6 +33,14 @@ class Command(BaseCommand):
             type=int,
             help="score only the first K results of each ranking (default: the whole catalog)",
         )
+        parser.add_argument(
+            "--ransac-seeds",
+            dest="ransac_seeds",
+            type=int,
+            default=1,
+            help="pair sets: verify every pair with RANSAC seeds 0..N-1 and report the mean AUC and its "
+            "range (default 1: seed 0, the server's)",
+        )
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def handle(
@@ -43,14 +51,19 @@ class Command(BaseCommand):
         markdown_path: Path | None,
         plots_dir: Path | None,
         top_k: int | None,
+        ransac_seeds: int,
         no_progress: bool,
         **options: Any,
     ) -> None:
         if top_k is not None and top_k < 1:
             raise CommandError(f"--top-k must be at least 1, got {top_k}")
+        if ransac_seeds < 1:
+            raise CommandError(f"--ransac-seeds must be at least 1, got {ransac_seeds}")
         try:
             retrieval, pairs = evaluation.load_datasets(dataset_dir)
-            result = evaluation.evaluate(retrieval, pairs, top_k=top_k, progress=not no_progress)
+            result = evaluation.evaluate(
+                retrieval, pairs, top_k=top_k, ransac_seeds=int(ransac_seeds), progress=not no_progress
+            )
         except DatasetError as exc:
             raise CommandError(str(exc)) from None
         except KeyboardInterrupt:
