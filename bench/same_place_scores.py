@@ -46,7 +46,11 @@ def log10_binomial(n: np.ndarray | int, k: np.ndarray) -> np.ndarray:
 
 
 def a_contrario_score(
-    verification: Verification, f1: ImageFeatures, f2: ImageFeatures, matches: np.ndarray, shapes: tuple
+    verification: Verification,
+    f1: ImageFeatures,
+    f2: ImageFeatures,
+    matches: np.ndarray,
+    shapes: tuple[tuple[int, int], tuple[int, int]],
 ) -> float:
     """-log10 NFA of the best inlier prefix of the fitted fundamental matrix (0 without one).
 
@@ -68,7 +72,12 @@ def a_contrario_score(
         alphas.append(2 * math.hypot(height, width) * distance / (height * width))
     alpha = np.sort(np.clip(np.maximum(*alphas), 1e-12, 1.0))
     k = np.arange(8, n + 1)
-    log_nfa = math.log10(3 * (n - 7)) + log10_binomial(n, k) + log10_binomial(k, np.full_like(k, 7)) + (k - 7) * np.log10(alpha[k - 1])
+    log_nfa = (
+        math.log10(3 * (n - 7))
+        + log10_binomial(n, k)
+        + log10_binomial(k, np.full_like(k, 7))
+        + (k - 7) * np.log10(alpha[k - 1])
+    )
     return float(-log_nfa.min())
 
 
@@ -95,9 +104,15 @@ def main() -> None:
     true = np.array([i == j for i, j in combos])
 
     cosine = np.array(
-        [float(features[pairs[i].image1].global_descriptor @ features[pairs[j].image2].global_descriptor) for i, j in combos]
+        [
+            float(features[pairs[i].image1].global_descriptor @ features[pairs[j].image2].global_descriptor)
+            for i, j in combos
+        ]
     )
-    matches = {(i, j): tentative_matches(features[pairs[i].image1].local, features[pairs[j].image2].local, matching) for i, j in combos}
+    matches = {
+        (i, j): tentative_matches(features[pairs[i].image1].local, features[pairs[j].image2].local, matching)
+        for i, j in combos
+    }
     print(f"{extractor.model_name}: {true.sum()} true pairs, {(~true).sum()} mismatched")
     print("| seed | inliers | cosine | fused (z cosine + z inliers) | a-contrario |")
     print("|---:|---:|---:|---:|---:|")
