@@ -47,13 +47,14 @@ def main() -> int:
     from retrieval.vision import evaluation as ev
     from retrieval.vision.expansion import alpha_query_expansion, database_side_augmentation
     from retrieval.vision.preprocessing import crop_bbox
-    from retrieval.vision.verification import verify_pair
+    from retrieval.vision.verification import verify_best
 
     dataset = ev.load_retrieval_dataset(args.dataset)
     extractor = get_extractor(args.spec)
     matching = matching_config(extractor.model_name)
     default_min = min_inliers(extractor.model_name)
-    cache = root / "bench" / "out" / f"{dataset.name}-{extractor.model_name}@{extractor.model_version}.pkl"
+    scales = ",".join(f"{factor:g}" for factor in getattr(extractor, "query_scales", (1.0,)))
+    cache = root / "bench" / "out" / f"{dataset.name}-{extractor.model_name}@{extractor.model_version}-q{scales}.pkl"
     if cache.exists():
         X, Q, inliers = pickle.loads(cache.read_bytes())
     else:
@@ -62,10 +63,10 @@ def main() -> int:
         queries = []
         for q in dataset.queries:
             rgb, offset = crop_bbox(image_decode(data=Path(q.path).read_bytes()), q.bbox)
-            queries.append(extractor.extract(rgb))
+            queries.append(extractor.extract_query(rgb))
         X = np.stack([f.global_descriptor for f in db])
         Q = np.stack([f.global_descriptor for f in queries])
-        inliers = np.array([[verify_pair(q.local, d.local, matching).inliers for d in db] for q in queries])
+        inliers = np.array([[verify_best(q.local_sets, d.local, matching)[1].inliers for d in db] for q in queries])
         cache.write_bytes(pickle.dumps((X, Q, inliers)))
     ids = [i.id for i in dataset.images]
 

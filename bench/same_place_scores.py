@@ -1,8 +1,9 @@
 """Same-place scores on a pair set (wxbs): inliers over RANSAC seeds, global cosine, their
 fusion, and an a-contrario significance of the inliers.
 
-Every pair is extracted with the product's extractor (default spec) and verified with the
-product's verification, with RANSAC seeds 0..N-1. For true pairs against mismatched pairs
+Every pair is extracted with the product's extractor (default spec; image1 as a search
+query, at all its sizes, image2 as a catalog photo) and verified as the server does (the
+best of the query's sizes), with RANSAC seeds 0..N-1. For true pairs against mismatched pairs
 (image1 of one pair with image2 of every other pair, skipping combinations whose images
 are the same file), prints the ROC AUC of:
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.vision.evaluation import load_pair_dataset, roc_auc
-from retrieval.vision.features import ImageFeatures
+from retrieval.vision.features import LocalFeatures
 from retrieval.vision.verification import Verification, tentative_matches, verify_matches
 
 
@@ -47,8 +48,8 @@ def log10_binomial(n: np.ndarray | int, k: np.ndarray) -> np.ndarray:
 
 def a_contrario_score(
     verification: Verification,
-    f1: ImageFeatures,
-    f2: ImageFeatures,
+    f1: LocalFeatures,
+    f2: LocalFeatures,
     matches: np.ndarray,
     shapes: tuple[tuple[int, int], tuple[int, int]],
 ) -> float:
@@ -62,8 +63,8 @@ def a_contrario_score(
     n = len(matches)
     if fundamental is None or n <= 8:
         return 0.0
-    x1 = np.c_[f1.local.keypoints[matches[:, 0]], np.ones(n)]
-    x2 = np.c_[f2.local.keypoints[matches[:, 1]], np.ones(n)]
+    x1 = np.c_[f1.keypoints[matches[:, 0]], np.ones(n)]
+    x2 = np.c_[f2.keypoints[matches[:, 1]], np.ones(n)]
     lines2, lines1 = x1 @ fundamental.T, x2 @ fundamental
     algebraic = np.abs(np.sum(x2 * lines2, axis=1))
     alphas = []
@@ -98,7 +99,9 @@ def main() -> None:
     paths = sorted({p for pair in pairs for p in (pair.image1, pair.image2)})
     digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
     images = {p: cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths}
-    features = {p: extractor.extract(images[p]) for p in paths}
+    # image1 of a pair plays the search query (all its sizes), image2 the catalog photo.
+    queries = {pair.image1 for pair in pairs}
+    features = {p: extractor.extract_query(images[p]) if p in queries else extractor.extract(images[p]) for p in paths}
     combos = [(i, j) for i in range(len(pairs)) for j in range(len(pairs))]
     combos = [(i, j) for i, j in combos if i == j or digest[pairs[i].image1] != digest[pairs[j].image2]]
     true = np.array([i == j for i, j in combos])
@@ -109,8 +112,9 @@ def main() -> None:
             for i, j in combos
         ]
     )
+    sets = {i: features[pairs[i].image1].local_sets for i in range(len(pairs))}
     matches = {
-        (i, j): tentative_matches(features[pairs[i].image1].local, features[pairs[j].image2].local, matching)
+        (i, j): [tentative_matches(query, features[pairs[j].image2].local, matching) for query in sets[i]]
         for i, j in combos
     }
     print(f"{extractor.model_name}: {true.sum()} true pairs, {(~true).sum()} mismatched")
@@ -122,10 +126,14 @@ def main() -> None:
         inliers, significance = [], []
         for i, j in combos:
             a, b = pairs[i].image1, pairs[j].image2
-            v = verify_matches(features[a].local.keypoints, features[b].local.keypoints, matches[i, j], config)
+            tried = [
+                (verify_matches(query.keypoints, features[b].local.keypoints, found, config), query, found)
+                for query, found in zip(sets[i], matches[i, j], strict=True)
+            ]
+            v, query, found = max(tried, key=lambda t: t[0].inliers)  # the server's choice (verify_best)
             inliers.append(v.inliers)
             shapes = (images[a].shape[:2], images[b].shape[:2])
-            significance.append(a_contrario_score(v, features[a], features[b], matches[i, j], shapes))
+            significance.append(a_contrario_score(v, query, features[b].local, found, shapes))
         inl, sig = np.array(inliers, float), np.array(significance)
         row = [roc_auc(s[true], s[~true]) for s in (inl, cosine, robust_z(cosine) + robust_z(inl), sig)]
         rows.append(row)

@@ -9,8 +9,9 @@ size), so its results give two full rankings: by global similarity alone ("globa
 the final verified order ("verified"). The catalog, its rows and its files are deleted at
 the end, also after an error or Ctrl-C.
 
-Pair sets (``pairs.json``): both images of every pair go through the server's extractor;
-``verify_matches`` scores each true pair and every mismatched pair (image1 of one pair against
+Pair sets (``pairs.json``): image1 of every pair is extracted as a search query (at all
+its sizes) and image2 as a catalog photo, by the server's extractor; the server's
+verification (the best of the query's sizes) scores each true pair and every mismatched pair (image1 of one pair against
 image2 of every other pair, except pairs that share an image file and so show the same
 place) by inliers; estimated homographies are checked against the hand-marked
 correspondences.
@@ -500,7 +501,7 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, seeds: Sequ
     extract_ms: list[float] = []
     digests: list[set[str]] = [set() for _ in dataset.pairs]
 
-    def features_of(n: int, path: Path) -> ImageFeatures:
+    def features_of(n: int, path: Path, *, query: bool) -> ImageFeatures:
         data = path.read_bytes()
         digests[n].add(hashlib.sha256(data).hexdigest())
         try:
@@ -508,15 +509,16 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, seeds: Sequ
         except RetrievalError as exc:
             raise DatasetError(f"{path}: {exc.message}") from None
         start = time.perf_counter()
-        features = extractor.extract(rgb)
+        features = extractor.extract_query(rgb) if query else extractor.extract(rgb)
         extract_ms.append((time.perf_counter() - start) * 1000)
         return features
 
+    # image1 plays the search query (all its sizes), image2 the stored catalog photo.
     first: list[ImageFeatures] = []
     second: list[ImageFeatures] = []
     for pair in tqdm(dataset.pairs, desc="extracting pairs", unit="pair", disable=not progress):
-        first.append(features_of(len(first), pair.image1))
-        second.append(features_of(len(second), pair.image2))
+        first.append(features_of(len(first), pair.image1, query=True))
+        second.append(features_of(len(second), pair.image2, query=False))
     place = same_place_groups(digests)
     verify_ms: list[float] = []
     rows: list[dict[str, Any]] = []
@@ -525,7 +527,7 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, seeds: Sequ
     false_inliers: list[list[int]] = [[] for _ in seeds]
     for n, pair in enumerate(dataset.pairs):
         start = time.perf_counter()
-        verifications = _verify_with_seeds(first[n].local, second[n].local, matching, seeds)
+        verifications = _verify_with_seeds(first[n].local_sets, second[n].local, matching, seeds)
         verify_ms.append((time.perf_counter() - start) * 1000 / len(seeds))
         verification = verifications[0]
         error = math.nan
@@ -549,7 +551,7 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, seeds: Sequ
     total = sum(len(o) for o in others)
     with tqdm(total=total, desc="mismatched pairs", unit="pair", disable=not progress) as bar:
         for n, row in enumerate(rows):
-            against = [_verify_with_seeds(first[n].local, second[m].local, matching, seeds) for m in others[n]]
+            against = [_verify_with_seeds(first[n].local_sets, second[m].local, matching, seeds) for m in others[n]]
             bar.update(len(against))
             for s, counts in enumerate(false_inliers):
                 counts.extend(v[s].inliers for v in against)
@@ -591,14 +593,20 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, seeds: Sequ
 
 
 def _verify_with_seeds(
-    features1: LocalFeatures, features2: LocalFeatures, matching: VerificationConfig, seeds: Sequence[int]
+    query_sets: Sequence[LocalFeatures], candidate: LocalFeatures, matching: VerificationConfig, seeds: Sequence[int]
 ) -> list[Verification]:
-    """One verification per RANSAC seed; the descriptors are matched once."""
-    matches = tentative_matches(features1, features2, matching)
-    return [
-        verify_matches(features1.keypoints, features2.keypoints, matches, dataclasses.replace(matching, seed=seed))
-        for seed in seeds
-    ]
+    """Per RANSAC seed, the best verification over the query's feature sets (as
+    ``verify_best`` does for a search); the descriptors are matched once per set."""
+    matches = [tentative_matches(features, candidate, matching) for features in query_sets]
+    best: list[Verification] = []
+    for seed in seeds:
+        config = dataclasses.replace(matching, seed=seed)
+        results = [
+            verify_matches(features.keypoints, candidate.keypoints, found, config)
+            for features, found in zip(query_sets, matches, strict=True)
+        ]
+        best.append(max(results, key=lambda v: v.inliers))  # the first on ties, as verify_best
+    return best
 
 
 def same_place_groups(digests: Sequence[Set[str]]) -> list[int]:

@@ -25,6 +25,7 @@ def extractor_config(spec: str | None = None) -> ExtractorConfig:
         global_scales=tuple(settings.LANDMARKS_GLOBAL_SCALES),
         max_keypoints=settings.LANDMARKS_MAX_KEYPOINTS,
         max_local_cells=settings.LANDMARKS_MAX_LOCAL_CELLS,
+        query_scales=tuple(settings.LANDMARKS_QUERY_SCALES),
     )
 
 

@@ -32,7 +32,7 @@ from retrieval.vision.extractors.base import Extractor
 from retrieval.vision.features import ImageFeatures, LocalFeatures
 from retrieval.vision.ranking import recognise, rerank
 from retrieval.vision.extractors import matching_config
-from retrieval.vision.verification import Verification, verify_pair
+from retrieval.vision.verification import Verification, verify_best
 
 logger = logging.getLogger(__name__)
 
@@ -385,12 +385,11 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
         return crop
 
     crop = _timed(timings, "decode", decode)
-    features: ImageFeatures = _timed(timings, "extract", lambda: extractor.extract(crop))  # type: ignore[assignment]
+    features: ImageFeatures = _timed(timings, "extract", lambda: extractor.extract_query(crop))  # type: ignore[assignment]
     if query.bbox:
         offset = np.array(query.bbox[:2], np.float32).round()
-        features = dataclasses.replace(
-            features, local=dataclasses.replace(features.local, keypoints=features.local.keypoints + offset)
-        )
+        moved = [dataclasses.replace(local, keypoints=local.keypoints + offset) for local in features.local_sets]
+        features = dataclasses.replace(features, local=moved[0], local_rescaled=tuple(moved[1:]))
     shortlisted: tuple[list[selectors.Candidate], dict[int, float]] = _timed(  # type: ignore[assignment]
         timings,
         "shortlist",
@@ -407,14 +406,18 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
 
     matching = matching_config(extractor.model_name)
 
-    def verify() -> dict[int, Verification]:
+    def verify() -> dict[int, tuple[int, Verification]]:
+        """image id -> (the query's local feature set that matched best, its verification)."""
         ids = [c.image_id for c in candidates[: settings.LANDMARKS_VERIFY_TOP]]
         stored.update(selectors.local_features_for(model=model, image_ids=ids))
         return {
-            image_id: verify_pair(features.local, stored[image_id], matching) for image_id in ids if image_id in stored
+            image_id: verify_best(features.local_sets, stored[image_id], matching)
+            for image_id in ids
+            if image_id in stored
         }
 
-    verifications: dict[int, Verification] = _timed(timings, "verify", verify)  # type: ignore[assignment]
+    best: dict[int, tuple[int, Verification]] = _timed(timings, "verify", verify)  # type: ignore[assignment]
+    verifications = {image_id: verification for image_id, (_, verification) in best.items()}
     min_inliers = extraction.min_inliers(extractor.model_name)
     ranked = rerank(
         [(c.image_id, c.similarity) for c in candidates],
@@ -450,7 +453,7 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
         if rank <= DRAWN_RESULTS and verification is not None and result.verified:
             stored_kp = stored[result.image_id]
             pairs = verification.matches[:DRAWN_MATCHES]
-            q = features.local.keypoints[pairs[:, 0]]
+            q = features.local_sets[best[result.image_id][0]].keypoints[pairs[:, 0]]
             c = stored_kp.keypoints[pairs[:, 1]]
             entry["matches"] = np.round(np.concatenate([q, c], axis=1), 1).tolist()
         results.append(entry)

@@ -78,6 +78,22 @@ def get_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def get_float_list(name: str, default: list[float], *, minimum: float | None = None) -> list[float]:
+    """A comma-separated list of numbers, e.g. ``0.5,1,2``; at least one item."""
+    items = get_list(name, [])
+    if not items:
+        return default
+    values = []
+    for item in items:
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be comma-separated numbers, got {item!r}") from None
+    if minimum is not None and min(values) < minimum:
+        raise ImproperlyConfigured(f"{name} values must be >= {minimum}, got {min(values)}")
+    return values
+
+
 def get_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw).expanduser().resolve() if raw else default

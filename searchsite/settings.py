@@ -99,6 +99,10 @@ LANDMARKS_EXTRACTOR = env.get_str("LANDMARKS_EXTRACTOR", "effnet-lite2-gem+effne
 LANDMARKS_MAX_KEYPOINTS = env.get_int("LANDMARKS_MAX_KEYPOINTS", 1000, minimum=10)
 # Dense CNN cells kept per image by the effnet-*-local features (~3000 at 1024 px).
 LANDMARKS_MAX_LOCAL_CELLS = env.get_int("LANDMARKS_MAX_LOCAL_CELLS", 2000, minimum=10)
+# A query's dense cells are also extracted at these factors of 1024 px, and each
+# candidate is verified against the size that fits it best ("1" switches this off:
+# 3x faster verification, lower recall on photos taken nearer or farther away).
+LANDMARKS_QUERY_SCALES = env.get_float_list("LANDMARKS_QUERY_SCALES", [0.5, 1.0, 2.0], minimum=0.1)
 LANDMARKS_SHORTLIST_SIZE = env.get_int("LANDMARKS_SHORTLIST_SIZE", 100, minimum=1)
 LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
 # Inliers for "same place"; unset: the value calibrated for the local feature in use.
@@ -140,4 +144,4 @@ LOGGING = {
     },
 }
 LANDMARKS_GLOBAL_IMAGE_SIZE = env.get_int("LANDMARKS_GLOBAL_IMAGE_SIZE", 512, minimum=64)
-LANDMARKS_GLOBAL_SCALES = [float(s) for s in env.get_list("LANDMARKS_GLOBAL_SCALES", ["0.7071", "1.0", "1.4142"])]
+LANDMARKS_GLOBAL_SCALES = env.get_float_list("LANDMARKS_GLOBAL_SCALES", [0.7071, 1.0, 1.4142], minimum=0.05)

@@ -115,8 +115,18 @@ class ImageFeatures:
 
     Attributes:
         global_descriptor: (D,) float32, L2-normalised.
-        local: local features, keypoints in original-image pixels.
+        local: local features, keypoints in original-image pixels (what is stored).
+        local_rescaled: a query's local features extracted again at other image sizes
+            (``Extractor.extract_query``), keypoints also in original-image pixels; never
+            stored. Verification keeps the set that matches a candidate best, so a catalog
+            photo taken nearer or farther than the query still lines up cell for cell.
     """
 
     global_descriptor: np.ndarray
     local: LocalFeatures
+    local_rescaled: tuple[LocalFeatures, ...] = ()
+
+    @property
+    def local_sets(self) -> tuple[LocalFeatures, ...]:
+        """``local`` first, then ``local_rescaled``."""
+        return (self.local, *self.local_rescaled)

@@ -12,6 +12,7 @@ OpenCV rather than scikit-image: measured here, ``cv2.findHomography`` with USAC
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Literal
 
 import cv2
@@ -75,6 +76,22 @@ def verify_pair(
     """Match local features and fit the configured geometry; inliers count distinct locations."""
     matches = tentative_matches(features1, features2, config)
     return verify_matches(features1.keypoints, features2.keypoints, matches, config)
+
+
+def verify_best(
+    query_sets: Sequence[LocalFeatures], candidate: LocalFeatures, config: VerificationConfig = VerificationConfig()
+) -> tuple[int, Verification]:
+    """Verify ``candidate`` against each of a query's local feature sets (the query at
+    several image sizes, ``ImageFeatures.local_sets``) and keep the set with the most
+    inliers, the first on ties. Returns (index into ``query_sets``, its verification)."""
+    if not query_sets:
+        raise ValueError("no query features to verify")
+    best_index, best = 0, verify_pair(query_sets[0], candidate, config)
+    for index, features in enumerate(query_sets[1:], start=1):
+        result = verify_pair(features, candidate, config)
+        if result.inliers > best.inliers:
+            best_index, best = index, result
+    return best_index, best
 
 
 def tentative_matches(

@@ -54,6 +54,19 @@ def test_optional_int_is_none_when_unset_and_checked_when_set(monkeypatch: pytes
         env.get_optional_int("LANDMARKS_X", minimum=4)
 
 
+def test_float_lists_are_parsed_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LANDMARKS_X", raising=False)
+    assert env.get_float_list("LANDMARKS_X", [1.0]) == [1.0]
+    monkeypatch.setenv("LANDMARKS_X", " 0.5, 1,2 ")
+    assert env.get_float_list("LANDMARKS_X", [1.0], minimum=0.1) == [0.5, 1.0, 2.0]
+    monkeypatch.setenv("LANDMARKS_X", "0.5,big")
+    with pytest.raises(ImproperlyConfigured, match="comma-separated numbers, got 'big'"):
+        env.get_float_list("LANDMARKS_X", [1.0])
+    monkeypatch.setenv("LANDMARKS_X", "0,1")
+    with pytest.raises(ImproperlyConfigured, match=">= 0.1"):
+        env.get_float_list("LANDMARKS_X", [1.0], minimum=0.1)
+
+
 def test_env_reads_secrets_from_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "secret").write_text("s3cret\n")
     monkeypatch.setenv("DJANGO_SECRET_KEY_FILE", str(tmp_path / "secret"))

