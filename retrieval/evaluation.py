@@ -124,6 +124,7 @@ def evaluate(
     *,
     top_k: int | None = None,
     ransac_seeds: int = 1,
+    same_place: Sequence[Sequence[str]] = (),
     progress: bool = True,
 ) -> Evaluation:
     """Evaluate the loaded sets with the configured extractor and search settings.
@@ -133,10 +134,18 @@ def evaluate(
             down count as not retrieved); ``None`` scores the whole ranked catalog.
         ransac_seeds: pair sets: verify every pair with RANSAC seeds 0..N-1 and report the
             AUC of each seed and their mean (seed 0 is the server's).
+        same_place: pair sets: groups of pair ids that show the same place (for files
+            without ``place``); they are never combined into mismatched pairs. Raises
+            DatasetError for an unknown id.
         progress: show tqdm progress bars (on stderr).
     """
     if ransac_seeds < 1:
         raise ValueError(f"ransac_seeds must be at least 1, got {ransac_seeds}")
+    known = {pair.id for pair in pairs.pairs} if pairs is not None else set()
+    for group in same_place:
+        unknown = sorted(set(group) - known)
+        if unknown:
+            raise DatasetError(f"same-place group {','.join(group)}: unknown pair ids: {', '.join(unknown)}")
     from retrieval.extraction import get_extractor
 
     started = time.perf_counter()
@@ -150,7 +159,7 @@ def evaluate(
     if retrieval is not None:
         _evaluate_retrieval(retrieval, evaluation, top_k=top_k, progress=progress)
     if pairs is not None:
-        _evaluate_pairs(pairs, evaluation, seeds=range(ransac_seeds), progress=progress)
+        _evaluate_pairs(pairs, evaluation, seeds=range(ransac_seeds), same_place=same_place, progress=progress)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     summary["finished_at"] = timezone.now().isoformat(timespec="seconds")
     return evaluation
@@ -491,7 +500,14 @@ def interpolated_precision(recall: np.ndarray, precision: np.ndarray, grid: np.n
 # --- pairs --------------------------------------------------------------------------------
 
 
-def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, seeds: Sequence[int], progress: bool) -> None:
+def _evaluate_pairs(
+    dataset: PairDataset,
+    evaluation: Evaluation,
+    *,
+    seeds: Sequence[int],
+    same_place: Sequence[Sequence[str]],
+    progress: bool,
+) -> None:
     from retrieval.extraction import get_extractor
 
     from retrieval.vision.extractors import matching_config
@@ -499,7 +515,13 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, seeds: Sequ
     extractor = get_extractor()
     matching = matching_config(extractor.model_name)
     extract_ms: list[float] = []
-    digests: list[set[str]] = [set() for _ in dataset.pairs]
+    # What ties pairs to one place: their image files' digests, the file's ``place`` and
+    # the groups given by the caller (``same_place_groups`` joins pairs sharing any).
+    digests: list[set[str]] = [{f"place:{pair.place}"} if pair.place else set() for pair in dataset.pairs]
+    index = {pair.id: n for n, pair in enumerate(dataset.pairs)}
+    for group_number, group in enumerate(same_place):  # ids checked by evaluate()
+        for pair_id in group:
+            digests[index[pair_id]].add(f"same-place:{group_number}")
 
     def features_of(n: int, path: Path, *, query: bool) -> ImageFeatures:
         data = path.read_bytes()
@@ -574,6 +596,7 @@ def _evaluate_pairs(dataset: PairDataset, evaluation: Evaluation, *, seeds: Sequ
             "true_pairs": len(true_inliers[0]),
             "false_pairs": len(false_inliers[0]),
             "same_place_skipped": len(rows) * (len(rows) - 1) - total,
+            "same_place_given": [list(group) for group in same_place],
             "auc": statistics.fmean(defined) if defined else None,
             "ransac_seeds": len(seeds),
             "auc_by_seed": aucs,
@@ -786,7 +809,13 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "",
             f"{p['true_pairs']} true pairs; {p['false_pairs']} mismatched pairs (image1 of each pair against "
             f"image2 of every other pair; {p['same_place_skipped']} combinations of pairs that share an image "
-            "file were skipped as the same place).",
+            "file or a place were skipped as the same place"
+            + (
+                f"; given as the same place: {'; '.join(', '.join(g) for g in p['same_place_given'])}"
+                if p.get("same_place_given")
+                else ""
+            )
+            + ").",
             "",
             "| AUC | median inliers, true | median inliers, mismatched | max inliers, mismatched "
             f"| median geometry error (px) | {within.replace('_', ' ')} (%) |",

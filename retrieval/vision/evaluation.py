@@ -583,6 +583,8 @@ class ImagePair:
         image1, image2: absolute image paths.
         correspondences: (N, 4) float64 rows ``[x1, y1, x2, y2]``, image1 -> image2 pixels.
         subset: e.g. ``"WGABS"`` when the file gives one.
+        place: the place shown, when the file gives one: pairs of the same place are
+            never combined into a mismatched pair.
     """
 
     id: str
@@ -590,6 +592,7 @@ class ImagePair:
     image2: Path
     correspondences: np.ndarray
     subset: str | None
+    place: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -794,7 +797,7 @@ def load_pair_dataset(folder: str | Path, *, check_files: bool = True) -> PairDa
     Checks: the file exists and is JSON; ``kind == "pairs"``; ``name`` and a non-empty
     ``pairs`` list of objects with unique ``id``; ``image1`` / ``image2`` paths as in
     :func:`load_retrieval_dataset`; ``correspondences`` a list of ``[x1, y1, x2, y2]``
-    finite numbers (may be empty); ``subset`` a string or absent.
+    finite numbers (may be empty); ``subset`` and ``place`` strings or absent.
 
     Args:
         folder: the dataset folder.
@@ -828,6 +831,7 @@ def load_pair_dataset(folder: str | Path, *, check_files: bool = True) -> PairDa
                 image2=reader.path(item, "image2", where, check_files),
                 correspondences=np.array(points, dtype=np.float64).reshape(-1, 4),
                 subset=reader.optional(item, "subset", str, where),
+                place=reader.optional(item, "place", str, where),
             )
         )
     return PairDataset(

@@ -8,6 +8,7 @@ warped copies whose correspondences follow from the known warp.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -238,3 +239,36 @@ def test_it_groups_pairs_that_share_an_image_file_as_one_place() -> None:
     groups = same_place_groups([{"a", "b"}, {"c", "d"}, {"e", "a"}, {"f", "g"}, {"g", "h"}])
     assert groups[0] == groups[2] and groups[3] == groups[4]
     assert len({groups[0], groups[1], groups[3]}) == 3
+
+
+def _pairs_only(tiny_dataset: Path, folder: Path, places: dict[str, str] | None = None) -> Path:
+    """The tiny pair set alone (no retrieval set), optionally with ``place`` fields."""
+    spec = json.loads((tiny_dataset / "pairs.json").read_text())
+    for pair in spec["pairs"]:
+        if places and pair["id"] in places:
+            pair["place"] = places[pair["id"]]
+    shutil.copytree(tiny_dataset / "pairs", folder / "pairs")
+    (folder / "pairs.json").write_text(json.dumps(spec))
+    return folder
+
+
+@pytest.mark.parametrize("given", ["file", "option"])
+def test_pairs_of_one_place_are_never_mismatched(tiny_dataset: Path, tmp_path: Path, given: str) -> None:
+    from retrieval import evaluation
+
+    if given == "file":
+        folder = _pairs_only(tiny_dataset, tmp_path / "pairs", {"chelsea": "p", "coffee": "p"})
+        result = evaluation.evaluate(None, evaluation.load_pair_dataset(folder), progress=False)
+    else:
+        folder = _pairs_only(tiny_dataset, tmp_path / "pairs")
+        pairs = evaluation.load_pair_dataset(folder)
+        result = evaluation.evaluate(None, pairs, same_place=[["chelsea", "coffee"]], progress=False)
+    report = result.summary["pairs"]
+    assert report["true_pairs"] == 3
+    assert report["false_pairs"] == 4 and report["same_place_skipped"] == 2  # chelsea x coffee, both ways
+    assert report["per_pair"][0]["max_false_inliers"] is not None  # chelsea still meets motorcycle
+
+
+def test_it_refuses_an_unknown_pair_in_a_same_place_group(tiny_dataset: Path) -> None:
+    with pytest.raises(CommandError, match="unknown pair ids: nope"):
+        call_command("evaluate", str(tiny_dataset), "--no-progress", "--same-place", "chelsea,nope")

@@ -41,6 +41,15 @@ class Command(BaseCommand):
             help="pair sets: verify every pair with RANSAC seeds 0..N-1 and report the mean AUC and its "
             "range (default 1: seed 0, the server's)",
         )
+        parser.add_argument(
+            "--same-place",
+            dest="same_place",
+            action="append",
+            default=[],
+            metavar="ID,ID[,ID...]",
+            help="pair sets: these pairs show the same place, so they are never combined into a "
+            "mismatched pair (for files without a 'place' field; repeatable)",
+        )
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def handle(
@@ -52,6 +61,7 @@ class Command(BaseCommand):
         plots_dir: Path | None,
         top_k: int | None,
         ransac_seeds: int,
+        same_place: list[str],
         no_progress: bool,
         **options: Any,
     ) -> None:
@@ -61,8 +71,14 @@ class Command(BaseCommand):
             raise CommandError(f"--ransac-seeds must be at least 1, got {ransac_seeds}")
         try:
             retrieval, pairs = evaluation.load_datasets(dataset_dir)
+            groups = [[pair_id.strip() for pair_id in group.split(",") if pair_id.strip()] for group in same_place]
             result = evaluation.evaluate(
-                retrieval, pairs, top_k=top_k, ransac_seeds=int(ransac_seeds), progress=not no_progress
+                retrieval,
+                pairs,
+                top_k=top_k,
+                ransac_seeds=int(ransac_seeds),
+                same_place=groups,
+                progress=not no_progress,
             )
         except DatasetError as exc:
             raise CommandError(str(exc)) from None
