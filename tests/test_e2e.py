@@ -16,7 +16,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from retrieval.models import Catalog, CatalogImage, ImageDescriptor, ReindexJob
-from tests.conftest import encode
+from tests.conftest import encode, load_photo
 
 pytestmark = [pytest.mark.e2e]
 
@@ -45,13 +45,30 @@ def indexed_catalog(celery_worker: object, photo_folder: Path) -> Catalog:
     return catalog
 
 
-def _transformed_query(photo: np.ndarray) -> bytes:
+def _farther(photo: np.ndarray, scene: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``photo`` at half size in the middle of another scene, and the (3, 3) map from the
+    photo's pixels to the result's."""
+    height, width = photo.shape[:2]
+    out = cv2.resize(np.dstack([scene] * 3) if scene.ndim == 2 else scene, (width, height))
+    out[height // 4 : height // 4 + height // 2, width // 4 : width // 4 + width // 2] = cv2.resize(
+        photo, (width // 2, height // 2), interpolation=cv2.INTER_AREA
+    )
+    return out, np.array([[0.5, 0, width // 4], [0, 0.5, height // 4], [0, 0, 1]], np.float64)
+
+
+def _query_warp(photo: np.ndarray) -> np.ndarray:
+    """(3, 3) map from the catalog photo's pixels to the query's (_transformed_query)."""
     height, width = photo.shape[:2]
     src = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
     dst = np.float32([[30, 20], [width - 10, 45], [width - 35, height - 5], [5, height - 30]])
-    warped = cv2.warpPerspective(photo, cv2.getPerspectiveTransform(src, dst), (width, height))
-    resized = cv2.resize(warped, (int(width * 1.3), int(height * 1.3)))
-    return encode(resized, quality=80)
+    return np.diag([1.3, 1.3, 1.0]) @ cv2.getPerspectiveTransform(src, dst)
+
+
+def _transformed_query(photo: np.ndarray) -> bytes:
+    """The photo perspective-warped and enlarged 1.3x, as JPEG."""
+    height, width = photo.shape[:2]
+    warp = _query_warp(photo)
+    return encode(cv2.warpPerspective(photo, warp, (int(width * 1.3), int(height * 1.3))), quality=80)
 
 
 def test_import_indexes_every_photo_with_the_current_model(indexed_catalog: Catalog) -> None:
@@ -88,8 +105,6 @@ def test_search_finds_a_transformed_copy_at_rank_one_with_many_inliers(
 
 def test_search_for_an_unrelated_photo_is_no_match(indexed_catalog: Catalog, client: Client) -> None:
     from django.core.files.uploadedfile import SimpleUploadedFile
-
-    from tests.conftest import load_photo
 
     unrelated = load_photo("moon.png")  # not in the catalog
     upload = SimpleUploadedFile("q.png", encode(unrelated, "PNG"), "image/png")
@@ -158,11 +173,19 @@ def test_selecting_another_model_reindexes_and_switches_when_done(
     assert indexed_catalog.extractor_spec == "effnet-lite0-gem+effnet-lite0-local"
     assert indexed_catalog.active_model.name == "effnet-lite0-gem+effnet-lite0-local" != old_model.name
     assert ImageDescriptor.objects.filter(model=indexed_catalog.active_model).count() == 12
-    upload = SimpleUploadedFile("q.jpg", _transformed_query(real_photos["coffee"]), "image/jpeg")
+    # The coffee cup seen from twice as far, in another scene: the query enlarged 2x
+    # (LANDMARKS_QUERY_SCALES) matches the catalog photo's cells best.
+    query, warp = _farther(real_photos["coffee"], load_photo("moon.png"))
+    upload = SimpleUploadedFile("q.jpg", encode(query, quality=90), "image/jpeg")
     body = client.post("/api/search", {"image": upload, "catalog": "demo"}).json()
     assert body["model"].startswith("effnet-lite0-gem+effnet-lite0-local@")
     assert body["results"][0]["landmark"] == "coffee" and body["results"][0]["verified"]
     assert body["results"][0]["inliers"] >= 40 and body["landmark"]["name"] == "coffee"
+    # The drawn matches are in the query's own pixels whichever size verified: they follow
+    # the known map from the catalog photo to the query within a cell.
+    drawn = np.array(body["results"][0]["matches"], np.float64)
+    expected = cv2.perspectiveTransform(drawn[None, :, 2:], warp)[0]
+    assert len(drawn) >= 40 and np.median(np.linalg.norm(expected - drawn[:, :2], axis=1)) < 16.0
 
 
 def test_selecting_an_unknown_model_exits_with_a_message(indexed_catalog: Catalog) -> None:
