@@ -173,6 +173,12 @@ def search_settings() -> dict[str, Any]:
         "global_scales": list(settings.LANDMARKS_GLOBAL_SCALES),
         "max_keypoints": settings.LANDMARKS_MAX_KEYPOINTS,
         "max_local_cells": settings.LANDMARKS_MAX_LOCAL_CELLS,
+        "dense_cells": [
+            settings.LANDMARKS_DENSE_FINE_CELLS,
+            settings.LANDMARKS_DENSE_COARSE_CELLS,
+            settings.LANDMARKS_DENSE_QUERY_COARSE_CELLS,
+        ],
+        "verify_early_stop": settings.LANDMARKS_VERIFY_EARLY_STOP,
         "shortlist_size": settings.LANDMARKS_SHORTLIST_SIZE,
         "verify_top": settings.LANDMARKS_VERIFY_TOP,
         "min_inliers": extraction.min_inliers(settings.LANDMARKS_EXTRACTOR),

@@ -30,7 +30,7 @@ from retrieval.models import (
 from retrieval.vision import preprocessing
 from retrieval.vision.extractors.base import Extractor
 from retrieval.vision.features import ImageFeatures, LocalFeatures
-from retrieval.vision.ranking import recognise, rerank
+from retrieval.vision.ranking import answer_decided, recognise, rerank
 from retrieval.vision.extractors import matching_config
 from retrieval.vision.verification import Verification, verify_best
 
@@ -219,7 +219,7 @@ def _extract_and_store(*, image: CatalogImage, extractor: Extractor, model: Feat
         logger.exception("extraction failed for image %s", image.pk)
         _fail_image(image, f"Feature extraction failed: {type(exc).__name__}: {exc}")
         return False
-    descriptor_store(image=image, model=model, features=features)
+    descriptor_store(image=image, model=model, features=features, descriptor_dtype=extractor.descriptor_dtype)
     CatalogImage.objects.filter(pk=image.pk).update(
         status=CatalogImage.Status.INDEXED,
         failure_reason="",
@@ -238,14 +238,16 @@ def _fail_image(image: CatalogImage, reason: str) -> None:
     )
 
 
-def descriptor_store(*, image: CatalogImage, model: FeatureModel, features: ImageFeatures) -> ImageDescriptor:
+def descriptor_store(
+    *, image: CatalogImage, model: FeatureModel, features: ImageFeatures, descriptor_dtype: str = "<f2"
+) -> ImageDescriptor:
     descriptor, _ = ImageDescriptor.objects.update_or_create(
         image=image,
         model=model,
         defaults={
             "catalog_id": image.catalog_id,
             "embedding": features.global_descriptor.astype(np.float32),
-            "local_features": features.local.to_bytes(),
+            "local_features": features.local.to_bytes(descriptor_dtype=descriptor_dtype),
             "num_local": len(features.local),
         },
     )
@@ -403,32 +405,42 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
     candidates, cosines = shortlisted
 
     stored: dict[int, LocalFeatures] = {}
-
     matching = matching_config(extractor.model_name)
+    min_inliers = extraction.min_inliers(extractor.model_name)
+    images = {
+        image.pk: image
+        for image in CatalogImage.objects.select_related("landmark").filter(pk__in=[c.image_id for c in candidates])
+    }
+    labels = {pk: (image.landmark.name if image.landmark else None) for pk, image in images.items()}
 
     def verify() -> dict[int, tuple[int, Verification]]:
-        """image id -> (the query's local feature set that matched best, its verification)."""
+        """image id -> (the query's local feature set that matched best, its verification),
+        in shortlist order, stopping early once the answer is decided."""
         ids = [c.image_id for c in candidates[: settings.LANDMARKS_VERIFY_TOP]]
-        stored.update(selectors.local_features_for(model=model, image_ids=ids))
-        return {
-            image_id: verify_best(features.local_sets, stored[image_id], matching)
-            for image_id in ids
-            if image_id in stored
-        }
+        early = settings.LANDMARKS_VERIFY_EARLY_STOP
+        chunk = early or len(ids) or 1
+        done: dict[int, tuple[int, Verification]] = {}
+        for start in range(0, len(ids), chunk):
+            part = ids[start : start + chunk]
+            stored.update(selectors.local_features_for(model=model, image_ids=part))
+            for image_id in part:
+                if image_id in stored:
+                    done[image_id] = verify_best(features.local_sets, stored[image_id], matching)
+            if early and start + chunk < len(ids) and answer_decided(
+                [v.inliers for _, v in done.values()], [labels.get(i) for i in done], min_inliers=min_inliers
+            ):
+                timings["verify_stopped_early"] = 1
+                break
+        timings["verify_depth"] = len(done)
+        return done
 
     best: dict[int, tuple[int, Verification]] = _timed(timings, "verify", verify)  # type: ignore[assignment]
     verifications = {image_id: verification for image_id, (_, verification) in best.items()}
-    min_inliers = extraction.min_inliers(extractor.model_name)
     ranked = rerank(
         [(c.image_id, c.similarity) for c in candidates],
         {image_id: v.inliers for image_id, v in verifications.items()},
         min_inliers=min_inliers,
     )
-    images = {
-        image.pk: image
-        for image in CatalogImage.objects.select_related("landmark").filter(pk__in=[r.image_id for r in ranked])
-    }
-    labels = {pk: (image.landmark.name if image.landmark else None) for pk, image in images.items()}
     recognition = recognise(ranked, labels, min_inliers=min_inliers)
     results = []
     for rank, result in enumerate(ranked[: query.top_k], start=1):

@@ -95,7 +95,7 @@ LANDMARKS_MAX_IMAGE_PIXELS = env.get_int("LANDMARKS_MAX_IMAGE_PIXELS", 50_000_00
 LANDMARKS_MIN_IMAGE_SIDE = env.get_int("LANDMARKS_MIN_IMAGE_SIDE", 32, minimum=1)
 
 # Feature extraction and search.
-LANDMARKS_EXTRACTOR = env.get_str("LANDMARKS_EXTRACTOR", "effnet-lite2-gem+effnet-lite2-local")
+LANDMARKS_EXTRACTOR = env.get_str("LANDMARKS_EXTRACTOR", "effnet-lite2-dense")
 LANDMARKS_MAX_KEYPOINTS = env.get_int("LANDMARKS_MAX_KEYPOINTS", 1000, minimum=10)
 # Dense CNN cells kept per image by the effnet-*-local features (~3000 at 1024 px).
 LANDMARKS_MAX_LOCAL_CELLS = env.get_int("LANDMARKS_MAX_LOCAL_CELLS", 2000, minimum=10)
@@ -103,8 +103,16 @@ LANDMARKS_MAX_LOCAL_CELLS = env.get_int("LANDMARKS_MAX_LOCAL_CELLS", 2000, minim
 # candidate is verified against the size that fits it best ("1" switches this off:
 # 3x faster verification, lower recall on photos taken nearer or farther away).
 LANDMARKS_QUERY_SCALES = env.get_float_list("LANDMARKS_QUERY_SCALES", [0.5, 1.0, 2.0], minimum=0.1)
+# effnet-*-dense (the default): cells kept at 1024 px (fine) and at the global size
+# (LANDMARKS_GLOBAL_IMAGE_SIZE, 512 px: coarse) per catalog photo, and the coarse cells of a query (never stored, so it may keep more).
+LANDMARKS_DENSE_FINE_CELLS = env.get_int("LANDMARKS_DENSE_FINE_CELLS", 1000, minimum=10)
+LANDMARKS_DENSE_COARSE_CELLS = env.get_int("LANDMARKS_DENSE_COARSE_CELLS", 300, minimum=0)
+LANDMARKS_DENSE_QUERY_COARSE_CELLS = env.get_int("LANDMARKS_DENSE_QUERY_COARSE_CELLS", 500, minimum=0)
 LANDMARKS_SHORTLIST_SIZE = env.get_int("LANDMARKS_SHORTLIST_SIZE", 100, minimum=1)
 LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
+# Verification stops early once the answer is decided (services/search: at least this
+# many candidates verified, one landmark far ahead); 0 always verifies VERIFY_TOP.
+LANDMARKS_VERIFY_EARLY_STOP = env.get_int("LANDMARKS_VERIFY_EARLY_STOP", 20, minimum=0)
 # Inliers for "same place"; unset: the value calibrated for the local feature in use.
 LANDMARKS_MIN_INLIERS = env.get_optional_int("LANDMARKS_MIN_INLIERS", minimum=4)
 LANDMARKS_SEARCH_WAIT_SECONDS = env.get_float("LANDMARKS_SEARCH_WAIT_SECONDS", 60.0, minimum=0.0)

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.test import Client
 
@@ -186,6 +187,41 @@ def test_selecting_another_model_reindexes_and_switches_when_done(
     drawn = np.array(body["results"][0]["matches"], np.float64)
     expected = cv2.perspectiveTransform(drawn[None, :, 2:], warp)[0]
     assert len(drawn) >= 40 and np.median(np.linalg.norm(expected - drawn[:, :2], axis=1)) < 16.0
+
+
+def test_the_dense_default_finds_a_photo_taken_twice_as_far_with_one_extraction(
+    indexed_catalog: Catalog, real_photos: dict[str, np.ndarray], client: Client, settings: object
+) -> None:
+    from retrieval.extraction import reset_extractor
+    from retrieval.vision.features import LocalFeatures
+
+    # The coarse level is the global pass at 512 px, half the fine level's 1024 px: a photo
+    # taken twice as far pairs the query's fine cells with the catalog's coarse ones.
+    settings.LANDMARKS_GLOBAL_IMAGE_SIZE = 512  # type: ignore[attr-defined]
+    reset_extractor()
+    try:
+        call_command("select_model", "effnet-lite0-dense", catalog="demo")
+        indexed_catalog.refresh_from_db()
+        model = indexed_catalog.active_model
+        assert model.name == "effnet-lite0-dense"
+        rows = ImageDescriptor.objects.filter(model=model)
+        assert rows.count() == 12
+        blob = bytes(rows.first().local_features)
+        assert blob[:4] == b"LFv2" and len(blob) <= 1300 * 134 + 13  # int8 rows, two levels
+        assert len(np.unique(LocalFeatures.from_bytes(blob).scales)) == 2
+        query, warp = _farther(real_photos["coffee"], load_photo("moon.png"))
+        upload = SimpleUploadedFile("q.jpg", encode(query, quality=90), "image/jpeg")
+        body = client.post("/api/search", {"image": upload, "catalog": "demo"}).json()
+        assert body["model"].startswith("effnet-lite0-dense@")
+        top = body["results"][0]
+        assert top["landmark"] == "coffee" and top["verified"] and top["inliers"] >= 40
+        assert body["landmark"]["name"] == "coffee"
+        assert 1 <= body["timings_ms"]["verify_depth"] <= 12
+        drawn = np.array(top["matches"], np.float64)
+        expected = cv2.perspectiveTransform(drawn[None, :, 2:], warp)[0]
+        assert np.median(np.linalg.norm(expected - drawn[:, :2], axis=1)) < 16.0
+    finally:
+        reset_extractor()
 
 
 def test_selecting_an_unknown_model_exits_with_a_message(indexed_catalog: Catalog) -> None:

@@ -69,3 +69,28 @@ def recognise(
     if best[winner] < min_inliers:
         return None
     return Recognition(winner, round(share * strength, 4))
+
+
+def answer_decided(
+    inliers: Sequence[int], labels: Sequence[str | None], *, min_inliers: int, margin: float = 3.0
+) -> bool:
+    """Whether more verification is unlikely to change the recognised landmark.
+
+    Decided when one landmark's votes (the inliers of its verified results, as in
+    :func:`recognise`) reach ``margin`` times the threshold and ``margin`` times every
+    other landmark's votes: several strong, agreeing results that the remaining,
+    less similar candidates would have to outvote.
+
+    Args:
+        inliers: inlier count of each candidate verified so far.
+        labels: the landmark of each of those candidates (None when unlabelled).
+    """
+    votes: dict[str, int] = {}
+    for count, label in zip(inliers, labels, strict=True):
+        if label and count >= min_inliers:
+            votes[label] = votes.get(label, 0) + count
+    if not votes:
+        return False
+    ordered = sorted(votes.values(), reverse=True)
+    leader, runner_up = ordered[0], (ordered[1] if len(ordered) > 1 else 0)
+    return leader >= margin * min_inliers and leader >= margin * runner_up

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from retrieval.vision.features import LocalFeatures
-from retrieval.vision.matching import match_descriptors
+from retrieval.vision.matching import match_descriptors, match_levels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,12 @@ class VerificationConfig:
     # Reject transforms that shrink or grow areas more than this (degenerate fits).
     max_area_change: float = 10.0
     geometry: Literal["homography", "fundamental"] = "homography"
+    # Match level by level (features whose ``scales`` are equal form a level: dense cells
+    # of one image at several sizes), see ``matching.match_levels``.
+    per_level: bool = False
+    # RANSAC's model score: MAGSAC++ with sigma-consensus local optimisation, or MSAC
+    # with inner local optimisation (about half the time per iteration here).
+    score: Literal["magsac", "msac"] = "magsac"
     # Fewest inliers that count as "same place", calibrated per local feature on
     # mismatched pairs (docs/quality.md); LANDMARKS_MIN_INLIERS overrides it.
     min_inliers: int = 8
@@ -101,6 +107,16 @@ def tentative_matches(
     and 2 ((0, 2) when either side has fewer than 4 features)."""
     if len(features1) < 4 or len(features2) < 4:
         return np.zeros((0, 2), np.int64)
+    if config.per_level:
+        return match_levels(
+            features1.descriptors,
+            features1.scales,
+            features2.descriptors,
+            features2.scales,
+            ratio=config.ratio,
+            mutual=config.mutual,
+            min_similarity=config.min_similarity,
+        )
     return match_descriptors(
         features1.descriptors,
         features2.descriptors,
@@ -165,11 +181,16 @@ def _usac_params(config: VerificationConfig, threshold: float) -> cv2.UsacParams
     """The settings of OpenCV's ``USAC_MAGSAC`` preset (uniform sampling, MAGSAC++ score,
     sigma-consensus local optimisation on 50 points) with our seed. Checked on WxBS
     matches: the same inliers as the preset on 280 of 280 fundamental-matrix fits and
-    391 of 392 homographies with seed 0."""
+    391 of 392 homographies with seed 0. ``score="msac"`` swaps in the MSAC score with
+    inner local optimisation (OpenCV's ``USAC_DEFAULT`` choices)."""
     params = cv2.UsacParams()
     params.sampler = cv2.SAMPLING_UNIFORM
-    params.score = cv2.SCORE_METHOD_MAGSAC
-    params.loMethod = cv2.LOCAL_OPTIM_SIGMA
+    if config.score == "msac":
+        params.score = cv2.SCORE_METHOD_MSAC
+        params.loMethod = cv2.LOCAL_OPTIM_INNER_LO
+    else:
+        params.score = cv2.SCORE_METHOD_MAGSAC
+        params.loMethod = cv2.LOCAL_OPTIM_SIGMA
     params.loSampleSize = 50
     params.loIterations = 20 if config.geometry == "homography" else 10
     params.final_polisher = cv2.COV_POLISHER

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from retrieval.vision.ranking import recognise, rerank
+import pytest
+
+from retrieval.vision.ranking import answer_decided, recognise, rerank
 
 
 def test_verified_images_come_first_by_inliers_then_the_rest_by_similarity() -> None:
@@ -23,3 +25,51 @@ def test_recognition_votes_with_inliers_and_confidence_grows_with_agreement() ->
     assert alone is not None and agreed is not None
     assert agreed.landmark == "eiffel"
     assert 0 < alone.confidence < agreed.confidence <= 1
+
+
+def test_one_landmark_far_above_threshold_and_rivals_is_decided() -> None:
+    # eiffel: 40 + 30 = 70 votes >= 3 x 12 and >= 3 x louvre's 20.
+    assert answer_decided([40, 30, 20], ["eiffel", "eiffel", "louvre"], min_inliers=12)
+
+
+def test_a_leader_below_margin_times_the_threshold_is_not_decided() -> None:
+    assert not answer_decided([35], ["eiffel"], min_inliers=12)  # 35 < 3 x 12
+    assert answer_decided([36], ["eiffel"], min_inliers=12)  # exactly 3 x 12
+
+
+def test_a_runner_up_within_the_margin_leaves_it_undecided() -> None:
+    assert not answer_decided([80, 30], ["eiffel", "louvre"], min_inliers=12)  # 80 < 3 x 30
+    assert answer_decided([90, 30], ["eiffel", "louvre"], min_inliers=12)  # exactly 3 x 30
+
+
+def test_the_runner_up_votes_are_summed_over_its_results() -> None:
+    # louvre's two results together (15 + 15) keep eiffel's 80 under 3x; each alone would not.
+    assert not answer_decided([80, 15, 15], ["eiffel", "louvre", "louvre"], min_inliers=12)
+    assert answer_decided([80, 15], ["eiffel", "louvre"], min_inliers=12)
+
+
+def test_unlabelled_results_do_not_vote() -> None:
+    assert answer_decided([60, 50], ["eiffel", None], min_inliers=12)
+    assert answer_decided([60, 50], ["eiffel", ""], min_inliers=12)
+    assert not answer_decided([50, 60], [None, None], min_inliers=12)
+
+
+def test_results_below_the_threshold_do_not_vote() -> None:
+    # louvre's 11 inliers are not a verified result: they neither vote nor add up.
+    assert answer_decided([36, 11, 11, 11], ["eiffel", "louvre", "louvre", "louvre"], min_inliers=12)
+    assert not answer_decided([11, 11, 11, 11], ["eiffel"] * 4, min_inliers=12)
+
+
+def test_nothing_verified_is_not_decided() -> None:
+    assert not answer_decided([], [], min_inliers=12)
+    assert not answer_decided([0, 3], ["eiffel", "louvre"], min_inliers=12)
+
+
+def test_a_smaller_margin_decides_sooner() -> None:
+    assert not answer_decided([50, 30], ["eiffel", "louvre"], min_inliers=12)
+    assert answer_decided([50, 30], ["eiffel", "louvre"], min_inliers=12, margin=1.5)
+
+
+def test_inliers_and_labels_of_different_lengths_are_refused() -> None:
+    with pytest.raises(ValueError):
+        answer_decided([40, 30], ["eiffel"], min_inliers=12)

@@ -1,6 +1,8 @@
 """Feature extractors, one module per model, built by name.
 
-A pipeline spec is ``<global>+<local>``, e.g. ``effnet-lite2-gem+effnet-lite2-local``, or an
+A pipeline spec is ``effnet-lite{0,2}-dense`` (one network for the global descriptor and
+two levels of dense cells, the default), ``<global>+<local>``, e.g.
+``effnet-lite2-gem+effnet-lite2-local``, or an
 official model installed by ``manage.py fetch_model``: ``delg:<name>`` (its own global and
 local features) or ``delf:<name>`` (DELF local features; the global descriptor is
 ``effnet-lite2-gem``, or another with ``<global>+delf:<name>``). Modules that need
@@ -21,6 +23,7 @@ from retrieval.vision.verification import VerificationConfig
 
 GLOBAL_MODELS = ("effnet-lite0-gem", "effnet-lite2-gem")
 LOCAL_MODELS = ("rootsift", "xfeat", "effnet-lite0-local", "effnet-lite2-local")
+DENSE_MODELS = ("effnet-lite0-dense", "effnet-lite2-dense")
 # Dense stride-16 CNN cells (effnet_local.py): a loose ratio test (their neighbours are
 # similar by construction), a fundamental matrix (a 16 px grid is too coarse for a tight
 # homography, and the scenes are 3D) within a quarter of a cell (0.004 of the image,
@@ -29,12 +32,19 @@ LOCAL_MODELS = ("rootsift", "xfeat", "effnet-lite0-local", "effnet-lite2-local")
 _EFFNET_LOCAL_MATCHING = VerificationConfig(
     ratio=0.95, mutual=True, geometry="fundamental", relative_threshold=0.004, min_inliers=40
 )
+# The two levels of dense cells (effnet_dense.py): matched level by level, one RANSAC
+# over all levels with MSAC and 1000 iterations (docs/quality.md).
+_DENSE_MATCHING = dataclasses.replace(
+    _EFFNET_LOCAL_MATCHING, per_level=True, score="msac", max_iterations=1000, min_inliers=40
+)
 # Matching settings of local features that do not suit the default (Lowe's ratio test):
 # XFeat's reference matcher is mutual nearest neighbours with a cosine similarity > 0.82.
 LOCAL_MATCHING: dict[str, VerificationConfig] = {
     "xfeat": VerificationConfig(ratio=1.0, mutual=True, min_similarity=0.82),
     "effnet-lite0-local": _EFFNET_LOCAL_MATCHING,
     "effnet-lite2-local": _EFFNET_LOCAL_MATCHING,
+    "effnet-lite0-dense": _DENSE_MATCHING,
+    "effnet-lite2-dense": _DENSE_MATCHING,
 }
 
 
@@ -44,7 +54,7 @@ class UnknownModelError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ExtractorConfig:
-    spec: str = "effnet-lite2-gem+effnet-lite2-local"
+    spec: str = "effnet-lite2-dense"
     cache_dir: Path = Path("var/models")
     global_image_size: int = 512
     global_scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)
@@ -55,6 +65,11 @@ class ExtractorConfig:
     # extractor's working size (effnet-*-local: 1024 px), and each catalog candidate is
     # verified against the size that matches it best (docs/quality.md).
     query_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # effnet-*-dense: the fine level's image size and cells kept per level.
+    dense_fine_size: int = 1024
+    dense_fine_cells: int = 1000
+    dense_coarse_cells: int = 300
+    dense_query_coarse_cells: int = 500
 
 
 class GlobalLocalExtractor(Extractor):
@@ -123,9 +138,11 @@ def check_spec(spec: str, *, cache_dir: Path | None = None) -> None:
         except (ModelNotInstalled, ValueError) as exc:
             raise UnknownModelError(f"unknown extractor {spec!r}: {exc}") from None
         return
+    if not global_name and local_name in DENSE_MODELS:
+        return
     if global_name not in GLOBAL_MODELS or local_name not in LOCAL_MODELS:
         raise UnknownModelError(
-            f"unknown extractor {spec!r}; choose <global>+<local> with global in "
+            f"unknown extractor {spec!r}; choose {' or '.join(DENSE_MODELS)}, or <global>+<local> with global in "
             f"{', '.join(GLOBAL_MODELS)} and local in {', '.join(LOCAL_MODELS)}, "
             "or delg:<name> / delf:<name> for a model installed with `manage.py fetch_model`"
         )
@@ -170,6 +187,20 @@ def build_extractor(config: ExtractorConfig) -> Extractor:
 
         model = read_installed(config.cache_dir, installed[1], kind="delg")
         return DelgExtractor(spec=config.spec, model=model, max_keypoints=config.max_keypoints)
+    if installed is None and not global_name and local_name in DENSE_MODELS:
+        from retrieval.vision.extractors.effnet_dense import DenseEfficientNetLite
+
+        return DenseEfficientNetLite(
+            spec=config.spec,
+            variant=local_name.split("-")[1],
+            global_size=config.global_image_size,
+            global_scales=config.global_scales,
+            fine_size=config.dense_fine_size,
+            fine_features=config.dense_fine_cells,
+            coarse_features=config.dense_coarse_cells,
+            query_coarse_features=config.dense_query_coarse_cells,
+            cache_dir=config.cache_dir,
+        )
     from retrieval.vision.extractors.efficientnet_lite import EfficientNetLiteGeM
 
     variant = global_name.split("-")[1]  # "lite0" / "lite2"

@@ -56,6 +56,9 @@ class LocalExtractor(abc.ABC):
 class Extractor(abc.ABC):
     """A full pipeline: global descriptor plus local features for one image."""
 
+    # How stored local descriptors are encoded (``LocalFeatures.to_bytes``).
+    descriptor_dtype: ClassVar[str] = "<f2"
+
     @property
     @abc.abstractmethod
     def model_name(self) -> str:

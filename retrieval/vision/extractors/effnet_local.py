@@ -103,23 +103,39 @@ class EfficientNetLiteLocal(LocalExtractor):
         return [self._cells(image, size) for size in sizes]
 
     def _cells(self, image: np.ndarray, size: int) -> LocalFeatures:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
-            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
-        height, width = image.shape[:2]
+        check_rgb(image)
         resized = resize_long_side(image, size)
         fmap = self._run(tf.convert_to_tensor(resized.astype(np.float32))).numpy()  # (h, w, C)
-        cells_y, cells_x, channels = fmap.shape
-        # Cell size in input pixels, per axis (the last cell may be cut by "same" padding).
-        step_x, step_y = width / cells_x, height / cells_y
-        ys, xs = np.mgrid[0:cells_y, 0:cells_x]
-        keypoints = np.stack([(xs.ravel() + 0.5) * step_x, (ys.ravel() + 0.5) * step_y], axis=1).astype(np.float32)
-        descriptors = fmap.reshape(-1, channels)
-        norms = np.linalg.norm(descriptors, axis=1)
-        order = np.argsort(-norms, kind="stable")[: self.max_features]
-        order = order[norms[order] > 1e-6]
-        return LocalFeatures(
-            keypoints=keypoints[order],
-            descriptors=(descriptors[order] / norms[order, None]).astype(np.float32),
-            scores=norms[order].astype(np.float32),
-            scales=np.full(len(order), max(step_x, step_y), np.float32),
-        )
+        return cells_from_map(fmap, image.shape[0], image.shape[1], self.max_features)
+
+
+def check_rgb(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or image.size == 0:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+
+
+def cells_from_map(fmap: np.ndarray, height: int, width: int, max_features: int) -> LocalFeatures:
+    """The ``max_features`` cells of a feature map with the largest activation norm.
+
+    Args:
+        fmap: (h, w, C) float32 feature map of the image resized to any size.
+        height, width: the image's size in the pixels keypoints are wanted in.
+    Returns:
+        highest norm first; keypoints are cell centres, ``scales`` the cell size and
+        ``scores`` the norm; descriptors L2-normalised.
+    """
+    cells_y, cells_x, channels = fmap.shape
+    # Cell size in input pixels, per axis (the last cell may be cut by "same" padding).
+    step_x, step_y = width / cells_x, height / cells_y
+    ys, xs = np.mgrid[0:cells_y, 0:cells_x]
+    keypoints = np.stack([(xs.ravel() + 0.5) * step_x, (ys.ravel() + 0.5) * step_y], axis=1).astype(np.float32)
+    descriptors = fmap.reshape(-1, channels)
+    norms = np.linalg.norm(descriptors, axis=1)
+    order = np.argsort(-norms, kind="stable")[:max_features]
+    order = order[norms[order] > 1e-6]
+    return LocalFeatures(
+        keypoints=keypoints[order],
+        descriptors=(descriptors[order] / norms[order, None]).astype(np.float32),
+        scores=norms[order].astype(np.float32),
+        scales=np.full(len(order), max(step_x, step_y), np.float32),
+    )
