@@ -176,6 +176,7 @@ def search_settings() -> dict[str, Any]:
         "dense_cells": [
             settings.LANDMARKS_DENSE_FINE_CELLS,
             settings.LANDMARKS_DENSE_COARSE_CELLS,
+            settings.LANDMARKS_DENSE_QUERY_FINE_CELLS,
             settings.LANDMARKS_DENSE_QUERY_COARSE_CELLS,
         ],
         "verify_early_stop": settings.LANDMARKS_VERIFY_EARLY_STOP,
@@ -349,6 +350,8 @@ class _QueryOutcome:
     confidence: float | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     error: str | None = None
+    # Results whose local features were matched (all of them before early stopping).
+    checked_ids: set[str] = dataclasses.field(default_factory=set)
 
     def row(self) -> dict[str, Any]:
         verified = self.rankings["verified"]
@@ -425,6 +428,8 @@ def _read_results(
     for entry in entries:
         for i in ids_of[entry["image_id"]]:
             outcome.inliers[i] = int(entry["inliers"])
+            if entry.get("checked", True):
+                outcome.checked_ids.add(i)
             if entry["verified"]:
                 outcome.verified_ids.append(i)
 
@@ -454,7 +459,8 @@ def _candidate_inliers(
     queries: Sequence[QuerySpec], outcomes: Sequence[_QueryOutcome], evaluation: Evaluation
 ) -> dict[str, Any]:
     """Inliers of the candidates that were verified (the first ``LANDMARKS_VERIFY_TOP`` by
-    similarity), positives against negatives: how well ``LANDMARKS_MIN_INLIERS`` separates them."""
+    similarity, fewer when verification stopped early), positives against negatives: how
+    well ``LANDMARKS_MIN_INLIERS`` separates them."""
     positive: list[int] = []
     negative: list[int] = []
     for query, outcome in zip(queries, outcomes, strict=True):
@@ -462,6 +468,8 @@ def _candidate_inliers(
             continue
         checked = outcome.rankings.get("shortlist") or outcome.rankings["global"]
         for i in checked[: settings.LANDMARKS_VERIFY_TOP]:
+            if i not in outcome.checked_ids:
+                continue
             if i in query.positives:
                 positive.append(outcome.inliers.get(i, 0))
             elif i not in query.junk:

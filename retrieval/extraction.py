@@ -28,6 +28,7 @@ def extractor_config(spec: str | None = None) -> ExtractorConfig:
         query_scales=tuple(settings.LANDMARKS_QUERY_SCALES),
         dense_fine_cells=settings.LANDMARKS_DENSE_FINE_CELLS,
         dense_coarse_cells=settings.LANDMARKS_DENSE_COARSE_CELLS,
+        dense_query_fine_cells=settings.LANDMARKS_DENSE_QUERY_FINE_CELLS,
         dense_query_coarse_cells=settings.LANDMARKS_DENSE_QUERY_COARSE_CELLS,
     )
 

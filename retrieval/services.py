@@ -456,6 +456,8 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
             "global_score": round(cosines.get(result.image_id, result.global_score), 4),
             "inliers": result.inliers,
             "verified": result.verified,
+            # Whether its local features were matched (early stopping leaves the rest).
+            "checked": result.image_id in verifications,
             "width": image.width,
             "height": image.height,
             "name": image.original_name,

@@ -33,9 +33,9 @@ _EFFNET_LOCAL_MATCHING = VerificationConfig(
     ratio=0.95, mutual=True, geometry="fundamental", relative_threshold=0.004, min_inliers=40
 )
 # The two levels of dense cells (effnet_dense.py): matched level by level, one RANSAC
-# over all levels with MSAC and 1000 iterations (docs/quality.md).
+# over all levels with MSAC and 500 iterations (docs/quality.md).
 _DENSE_MATCHING = dataclasses.replace(
-    _EFFNET_LOCAL_MATCHING, per_level=True, score="msac", max_iterations=1000, min_inliers=40
+    _EFFNET_LOCAL_MATCHING, per_level=True, score="msac", max_iterations=500, min_inliers=40
 )
 # Matching settings of local features that do not suit the default (Lowe's ratio test):
 # XFeat's reference matcher is mutual nearest neighbours with a cosine similarity > 0.82.
@@ -68,8 +68,9 @@ class ExtractorConfig:
     # effnet-*-dense: the fine level's image size and cells kept per level.
     dense_fine_size: int = 1024
     dense_fine_cells: int = 1000
-    dense_coarse_cells: int = 300
-    dense_query_coarse_cells: int = 500
+    dense_coarse_cells: int = 500
+    dense_query_fine_cells: int = 1500
+    dense_query_coarse_cells: int = 800
 
 
 class GlobalLocalExtractor(Extractor):
@@ -198,6 +199,7 @@ def build_extractor(config: ExtractorConfig) -> Extractor:
             fine_size=config.dense_fine_size,
             fine_features=config.dense_fine_cells,
             coarse_features=config.dense_coarse_cells,
+            query_fine_features=config.dense_query_fine_cells,
             query_coarse_features=config.dense_query_coarse_cells,
             cache_dir=config.cache_dir,
         )

@@ -15,8 +15,8 @@ twice as near or as far pairs the query's fine cells with the catalog's coarse o
 the other way round (``matching.match_levels``), so both sides are extracted once, at
 sizes already paid for, and verified with one RANSAC. Levels are told apart by their
 ``scales`` (cell size). Catalog rows keep ``fine_features + coarse_features`` cells as int8
-rows (``LocalFeatures.to_bytes(descriptor_dtype="i1")``); a query keeps
-``query_coarse_features`` coarse cells, since it is never stored.
+rows (``LocalFeatures.to_bytes(descriptor_dtype="i1")``); a query, never stored, keeps
+``query_fine_features + query_coarse_features``.
 """
 
 from __future__ import annotations
@@ -74,8 +74,9 @@ class DenseEfficientNetLite(Extractor):
         gem_p: float = 3.0,
         fine_size: int = 1024,
         fine_features: int = 1000,
-        coarse_features: int = 300,
-        query_coarse_features: int = 500,
+        coarse_features: int = 500,
+        query_fine_features: int | None = None,
+        query_coarse_features: int = 800,
         cache_dir: str | Path,
     ) -> None:
         if min(global_size, fine_size) < 64:
@@ -84,7 +85,8 @@ class DenseEfficientNetLite(Extractor):
             raise ValueError(f"global scales must be positive and non-empty, got {global_scales}")
         if fine_size == global_size:
             raise ValueError(f"the fine level ({fine_size} px) must differ from the global size ({global_size} px)")
-        if min(fine_features, coarse_features, query_coarse_features) < 0:
+        query_fine_features = fine_features if query_fine_features is None else query_fine_features
+        if min(fine_features, coarse_features, query_fine_features, query_coarse_features) < 0:
             raise ValueError("feature counts must not be negative")
         self.spec = spec
         self.variant = variant
@@ -94,6 +96,7 @@ class DenseEfficientNetLite(Extractor):
         self.fine_size = int(fine_size)
         self.fine_features = int(fine_features)
         self.coarse_features = int(coarse_features)
+        self.query_fine_features = int(query_fine_features)
         self.query_coarse_features = int(query_coarse_features)
         network = build_efficientnet_lite(variant, include_top=True)
         network.load_weights(ensure_weights(variant, cache_dir))
@@ -133,13 +136,14 @@ class DenseEfficientNetLite(Extractor):
 
     def extract(self, image: np.ndarray) -> ImageFeatures:
         """Args: image (H, W, 3) uint8 RGB. A catalog photo's features."""
-        return self._extract(image, self.coarse_features)
+        return self._extract(image, self.fine_features, self.coarse_features)
 
     def extract_query(self, image: np.ndarray) -> ImageFeatures:
-        """A query's features: as :meth:`extract` with ``query_coarse_features`` coarse cells."""
-        return self._extract(image, self.query_coarse_features)
+        """A query's features: as :meth:`extract` with ``query_fine_features`` and
+        ``query_coarse_features`` cells."""
+        return self._extract(image, self.query_fine_features, self.query_coarse_features)
 
-    def _extract(self, image: np.ndarray, coarse_features: int) -> ImageFeatures:
+    def _extract(self, image: np.ndarray, fine_features: int, coarse_features: int) -> ImageFeatures:
         check_rgb(image)
         height, width = image.shape[:2]
         total = np.zeros(HEAD_CHANNELS, np.float64)
@@ -155,7 +159,7 @@ class DenseEfficientNetLite(Extractor):
             coarse_map = self._fine(tf.convert_to_tensor(resized.astype(np.float32))).numpy()
         fine_map = self._fine(tf.convert_to_tensor(resize_long_side(image, self.fine_size).astype(np.float32)))
         local = merge_levels(
-            cells_from_map(fine_map.numpy(), height, width, self.fine_features),
+            cells_from_map(fine_map.numpy(), height, width, fine_features),
             cells_from_map(coarse_map, height, width, coarse_features),
         )
         return ImageFeatures(global_descriptor=(total / np.linalg.norm(total)).astype(np.float32), local=local)

@@ -27,7 +27,7 @@ from retrieval.vision.verification import verify_pair  # noqa: E402
 from tests.conftest import load_photo  # noqa: E402
 
 SPEC = "effnet-lite0-dense"
-FINE_CELLS, COARSE_CELLS, QUERY_COARSE_CELLS = 400, 100, 200
+FINE_CELLS, COARSE_CELLS, QUERY_FINE_CELLS, QUERY_COARSE_CELLS = 400, 100, 500, 200
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def config(models_dir: Path) -> ExtractorConfig:
         dense_fine_size=512,
         dense_fine_cells=FINE_CELLS,
         dense_coarse_cells=COARSE_CELLS,
+        dense_query_fine_cells=QUERY_FINE_CELLS,
         dense_query_coarse_cells=QUERY_COARSE_CELLS,
     )
 
@@ -93,14 +94,16 @@ def test_a_catalog_photo_keeps_the_configured_cells_per_level(dense: DenseEffici
     assert features.dim == dense.local_dim == 112
 
 
-def test_a_query_keeps_more_coarse_cells_and_the_same_fine_cells(dense: DenseEfficientNetLite) -> None:
+def test_a_query_keeps_more_cells_than_a_catalog_photo_and_the_same_strongest_ones(
+    dense: DenseEfficientNetLite,
+) -> None:
     photo = load_photo("astronaut.png")
     catalog, query = dense.extract(photo).local, dense.extract_query(photo).local
-    assert _levels(query) == {16.0: FINE_CELLS, 32.0: QUERY_COARSE_CELLS}
-    # The catalog's cells are the query's strongest ones: the same fine level, and the
-    # first COARSE_CELLS of the query's coarse level.
+    assert _levels(query) == {16.0: QUERY_FINE_CELLS, 32.0: QUERY_COARSE_CELLS}
+    # The catalog's cells are the query's strongest ones: the first FINE_CELLS of the
+    # query's fine level and the first COARSE_CELLS of its coarse level.
     fine_c, fine_q = catalog.scales == 16.0, query.scales == 16.0
-    assert np.array_equal(catalog.keypoints[fine_c], query.keypoints[fine_q])
+    assert np.array_equal(catalog.keypoints[fine_c], query.keypoints[fine_q][:FINE_CELLS])
     coarse_c, coarse_q = catalog.keypoints[~fine_c], query.keypoints[~fine_q]
     assert np.array_equal(coarse_c, coarse_q[:COARSE_CELLS])
 
@@ -113,7 +116,7 @@ def test_a_query_has_no_rescaled_sets(dense: DenseEfficientNetLite) -> None:
 def test_cell_counts_stop_at_the_cells_the_image_has(dense: DenseEfficientNetLite) -> None:
     # 451 x 300 at 256 px is 256 x 170: 16 x 11 = 176 coarse cells, fewer than the query's 200.
     query = dense.extract_query(load_photo("chelsea.png")).local
-    assert sorted(_levels(query).values()) == [176, FINE_CELLS]
+    assert sorted(_levels(query).values()) == [176, QUERY_FINE_CELLS]
 
 
 @pytest.mark.parametrize("name", ["chelsea.png", "rocket.jpg"])
