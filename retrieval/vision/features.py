@@ -8,8 +8,9 @@ import struct
 import numpy as np
 
 # Version 1: float32 keypoints, scores and scales, then descriptors as float16, float32 or
-# uint8. Version 2 (int8 descriptors): float32 keypoints, float16 scores and scales, int8
-# descriptors scaled per row, then each row's float16 scale: 4x smaller than version 1's
+# uint8. Version 2 (int8 descriptors): float32 keypoints, float16 scores and scales, then
+# each descriptor row as int8 scaled to its largest magnitude (rows are unit vectors, so
+# no scale is stored: they are re-normalised when read): ~4x smaller than version 1's
 # float16 rows for 120-d dense cells. Both are read; new rows are written in the format
 # their pipeline asks for (``Extractor.descriptor_dtype``).
 _MAGIC = b"LFv1"
@@ -74,7 +75,7 @@ class LocalFeatures:
         and matching on them is unchanged to ~1e-3 in cosine similarity).
 
         ``descriptor_dtype="i1"`` writes version 2: each descriptor row as int8 scaled
-        by its largest magnitude (cosine similarities change by ~1e-3), scores and
+        to its largest magnitude (cosine similarities change by ~1e-3), scores and
         scales as float16.
         """
         if descriptor_dtype == _INT8:
@@ -96,42 +97,17 @@ class LocalFeatures:
         return b"".join(parts)
 
     def _to_bytes_int8(self) -> bytes:
-        n, dim = len(self), self.dim
-        peak = np.abs(self.descriptors).max(axis=1) if n else np.zeros(0, np.float32)
-        peak = np.where(peak > 0, peak, 1.0).astype(np.float32)
-        rows = np.clip(np.rint(self.descriptors / peak[:, None] * 127.0), -127, 127).astype("i1")
+        peak = np.abs(self.descriptors).max(axis=1, keepdims=True) if len(self) else np.ones((0, 1), np.float32)
+        rows = np.rint(self.descriptors / np.where(peak > 0, peak, 1.0) * 127.0).astype("i1")
         return b"".join(
             [
-                _HEADER.pack(_MAGIC_V2, n, dim, _INT8_CODE),
+                _HEADER.pack(_MAGIC_V2, len(self), self.dim, _INT8_CODE),
                 np.ascontiguousarray(self.keypoints, "<f4").tobytes(),
                 np.ascontiguousarray(self.scores, "<f2").tobytes(),
                 np.ascontiguousarray(self.scales, "<f2").tobytes(),
                 rows.tobytes(),
-                (peak / 127.0).astype("<f2").tobytes(),
             ]
         )
-
-    @classmethod
-    def _from_bytes_int8(cls, blob: bytes, n: int, dim: int) -> LocalFeatures:
-        expected = _HEADER.size + n * (8 + 2 + 2 + dim + 2)
-        if len(blob) != expected:
-            raise FeatureFormatError(f"local-feature blob has {len(blob)} bytes, expected {expected}")
-        offset = _HEADER.size
-
-        def take(count: int, dt: str) -> np.ndarray:
-            nonlocal offset
-            arr = np.frombuffer(blob, dtype=dt, count=count, offset=offset)
-            offset += arr.nbytes
-            return arr
-
-        keypoints = take(n * 2, "<f4").reshape(n, 2).copy()
-        scores = take(n, "<f2").astype(np.float32)
-        scales = take(n, "<f2").astype(np.float32)
-        rows = take(n * dim, "i1").reshape(n, dim).astype(np.float32)
-        rows *= take(n, "<f2").astype(np.float32)[:, None]
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        descriptors = rows / np.where(norms > 0, norms, 1.0)
-        return cls(keypoints=keypoints, descriptors=descriptors, scores=scores, scales=scales)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> LocalFeatures:
@@ -141,28 +117,43 @@ class LocalFeatures:
             raise FeatureFormatError("local-feature blob is shorter than its header")
         magic, n, dim, code = _HEADER.unpack_from(blob)
         if magic == _MAGIC_V2 and code == _INT8_CODE:
-            return cls._from_bytes_int8(blob, n, dim)
-        if magic != _MAGIC or code not in _DTYPES:
+            reader = _Reader(blob, n * (8 + 2 + 2 + dim))
+            keypoints = reader.take(n * 2, "<f4").reshape(n, 2)
+            scores, scales = reader.take(n, "<f2"), reader.take(n, "<f2")
+            descriptors = reader.take(n * dim, "i1").reshape(n, dim).astype(np.float32)
+            norms = np.linalg.norm(descriptors, axis=1, keepdims=True)
+            descriptors /= np.where(norms > 0, norms, 1.0)
+        elif magic == _MAGIC and code in _DTYPES:
+            dtype = _DTYPES[code]
+            reader = _Reader(blob, n * 4 * 4 + n * dim * dtype.itemsize)
+            keypoints = reader.take(n * 2, "<f4").reshape(n, 2)
+            scores, scales = reader.take(n, "<f4"), reader.take(n, "<f4")
+            descriptors = reader.take(n * dim, dtype).reshape(n, dim).astype(np.float32)
+            if dtype == np.dtype("u1"):
+                descriptors /= 255.0
+        else:
             raise FeatureFormatError("not a local-feature blob (bad magic or dtype)")
-        dtype = _DTYPES[code]
-        expected = _HEADER.size + n * 4 * 4 + n * dim * dtype.itemsize
+        return cls(
+            keypoints=keypoints.copy(),
+            descriptors=descriptors,
+            scores=scores.astype(np.float32),
+            scales=scales.astype(np.float32),
+        )
+
+
+class _Reader:
+    """Consecutive arrays from a blob whose body (after the header) has ``body_bytes``."""
+
+    def __init__(self, blob: bytes, body_bytes: int) -> None:
+        expected = _HEADER.size + body_bytes
         if len(blob) != expected:
             raise FeatureFormatError(f"local-feature blob has {len(blob)} bytes, expected {expected}")
-        offset = _HEADER.size
+        self.blob, self.offset = blob, _HEADER.size
 
-        def take(count: int, dt: np.dtype | str) -> np.ndarray:
-            nonlocal offset
-            arr = np.frombuffer(blob, dtype=dt, count=count, offset=offset)
-            offset += arr.nbytes
-            return arr
-
-        keypoints = take(n * 2, "<f4").reshape(n, 2)
-        scores = take(n, "<f4")
-        scales = take(n, "<f4")
-        descriptors = take(n * dim, dtype).reshape(n, dim).astype(np.float32)
-        if dtype == np.dtype("u1"):
-            descriptors /= 255.0
-        return cls(keypoints=keypoints.copy(), descriptors=descriptors, scores=scores.copy(), scales=scales.copy())
+    def take(self, count: int, dtype: np.dtype | str) -> np.ndarray:
+        array = np.frombuffer(self.blob, dtype=dtype, count=count, offset=self.offset)
+        self.offset += array.nbytes
+        return array
 
 
 @dataclasses.dataclass(frozen=True)

@@ -97,7 +97,7 @@ def test_int8_round_trip_keeps_scores_and_scales_to_half_precision() -> None:
 def test_int8_blob_size_is_header_plus_per_feature_bytes() -> None:
     n, dim = 1000, 120
     blob = _signed_features(n, dim).to_bytes(descriptor_dtype="i1")
-    assert len(blob) == 13 + n * (8 + 2 + 2 + dim + 2)
+    assert len(blob) == 13 + n * (8 + 2 + 2 + dim)
     assert blob[:4] == b"LFv2"
 
 
