@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.core.validators import RegexValidator
 from django.db import models
 from pgvector.django import HalfVectorField
@@ -120,6 +122,11 @@ class CatalogImage(models.Model):
     height = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     failure_reason = models.TextField(blank=True)
+    # Claims (see retrieval.services.claims): the Celery task id that works on the row and
+    # when it last showed progress; ``queued_at`` is when its task reached the broker.
+    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     indexed_at = models.DateTimeField(null=True, blank=True)
@@ -152,6 +159,7 @@ class ImageDescriptor(models.Model):
     local_features = models.BinaryField()
     num_local = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["image", "model"], name="descriptor_unique_image_model")]
@@ -172,6 +180,8 @@ class SearchQuery(models.Model):
         DONE = "done"
         FAILED = "failed"
 
+    # The id in URLs: unguessable, so one user cannot list another's searches.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="searches")
     image = models.FileField(upload_to=query_image_path, max_length=300)
     sha256 = models.CharField(max_length=64)
@@ -186,6 +196,11 @@ class SearchQuery(models.Model):
     landmark_name = models.CharField(max_length=200, blank=True)
     landmark_confidence = models.FloatField(null=True, blank=True)
     timings_ms = models.JSONField(default=dict, blank=True)
+    # Claims (see retrieval.services.claims): the Celery task id that works on the row and
+    # when it last showed progress; ``queued_at`` is when its task reached the broker.
+    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -219,6 +234,11 @@ class ReindexJob(models.Model):
     processed = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    # Claims (see retrieval.services.claims): the Celery task id that works on the row and
+    # when it last showed progress; ``queued_at`` is when its task reached the broker.
+    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
