@@ -6,17 +6,29 @@ import dataclasses
 import hashlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from retrieval import extraction, selectors
-from retrieval.errors import DuplicateImage, InvalidInput, NotFound, PayloadTooLarge, RetrievalError, from_image_error
+from retrieval.errors import (
+    DuplicateImage,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    RetrievalError,
+    ServiceUnavailable,
+    from_image_error,
+)
 from retrieval.models import (
     Catalog,
     CatalogImage,
@@ -35,6 +47,9 @@ from retrieval.vision.extractors import matching_config
 from retrieval.vision.verification import Verification, verify_best
 
 logger = logging.getLogger(__name__)
+
+# What a task lets propagate so that Celery retries it (the row's claim stays its own).
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 # Inlier correspondences kept per result for drawing (the top results only).
 DRAWN_RESULTS = 10
@@ -103,6 +118,8 @@ def image_ingest(
     sha256 = hashlib.sha256(data).hexdigest()
     existing = CatalogImage.objects.filter(catalog=catalog, sha256=sha256).first()
     if existing is not None:
+        if enqueue and existing.status == CatalogImage.Status.PENDING and existing.queued_at is None:
+            _enqueue("index_image", existing.pk)  # stored while the broker was away
         return IngestResult(existing, created=False)
     image = CatalogImage(
         catalog=catalog,
@@ -140,12 +157,13 @@ def image_ingest_unique(
     return result.image
 
 
-def image_index(*, image_id: int) -> CatalogImage | None:
+def image_index(*, image_id: int, task_id: str = "") -> CatalogImage | None:
     """Extract and store the features of one catalog image (Celery worker).
 
-    Idempotent: an image already indexed with the current model is left alone. Any
-    failure marks the image ``failed`` with the reason; nothing is raised, so one bad
-    file never stops a worker or a batch.
+    Idempotent: an image already indexed with the current model is left alone, and an
+    image another live task has claimed is skipped (``task_id``: the Celery task's id, so
+    that a redelivered task resumes its own claim). Extraction failures mark the image
+    ``failed`` with the reason; database errors propagate so that the task retries.
     """
     image = CatalogImage.objects.select_related("catalog", "catalog__active_model").filter(pk=image_id).first()
     if image is None:
@@ -159,17 +177,34 @@ def image_index(*, image_id: int) -> CatalogImage | None:
     active = image.catalog.active_model
     if active is not None and active.name not in specs and _buildable(active.name):
         specs.append(active.name)
+    work = []
     for spec in specs:
         extractor = get_extractor(spec)
         model = feature_model_ensure(extractor=extractor)
         if image.status == CatalogImage.Status.INDEXED and image.descriptors.filter(model=model).exists():
             continue
-        CatalogImage.objects.filter(pk=image_id).update(status=CatalogImage.Status.PROCESSING, updated_at=timezone.now())
+        work.append((extractor, model))
+    if not work:
+        return image
+    if not _claim(CatalogImage, image_id, task_id=task_id or uuid.uuid4().hex, busy=CatalogImage.Status.PROCESSING):
+        return _refused_image(image_id)
+    for extractor, model in work:
         if not _extract_and_store(image=image, extractor=extractor, model=model):
             break
         Catalog.objects.filter(pk=image.catalog_id, active_model__isnull=True).update(active_model=model)
         catalog_request_augmentation(catalog_id=image.catalog_id)
     image.refresh_from_db()
+    return image
+
+
+def _refused_image(image_id: int) -> CatalogImage | None:
+    """The claim was refused: another live task has it, or it used up its attempts."""
+    image = CatalogImage.objects.filter(pk=image_id).first()
+    if image is not None and image.attempts >= settings.LANDMARKS_TASK_MAX_ATTEMPTS:
+        _fail_image(image, f"Indexing was started {image.attempts} times and never finished (the worker died).")
+        image.refresh_from_db()
+    else:
+        logger.info("image %s is claimed by another task; skipped", image_id)
     return image
 
 
@@ -222,6 +257,7 @@ def _extract_and_store(*, image: CatalogImage, extractor: Extractor, model: Feat
     descriptor_store(image=image, model=model, features=features, descriptor_dtype=extractor.descriptor_dtype)
     CatalogImage.objects.filter(pk=image.pk).update(
         status=CatalogImage.Status.INDEXED,
+        **_RELEASED,
         failure_reason="",
         width=rgb.shape[1],
         height=rgb.shape[0],
@@ -234,7 +270,7 @@ def _extract_and_store(*, image: CatalogImage, extractor: Extractor, model: Feat
 def _fail_image(image: CatalogImage, reason: str) -> None:
     logger.warning("image %s failed: %s", image.pk, reason)
     CatalogImage.objects.filter(pk=image.pk).update(
-        status=CatalogImage.Status.FAILED, failure_reason=reason, updated_at=timezone.now()
+        status=CatalogImage.Status.FAILED, failure_reason=reason, updated_at=timezone.now(), **_RELEASED
     )
 
 
@@ -318,8 +354,10 @@ def search_create(
     )
     query.image.save(filename or "query.jpg", ContentFile(data), save=False)
     query.save()
-    if enqueue:
-        _enqueue("search_run", query.pk)
+    if enqueue and not _send("search_run", query.pk):
+        message = "The search queue cannot be reached right now; try again in a minute."
+        _fail_search(query, message, {})
+        raise ServiceUnavailable(message)
     return query
 
 
@@ -335,22 +373,27 @@ def search_wait(*, query_id: int, timeout: float, poll: float = 0.05) -> SearchQ
         time.sleep(poll)
 
 
-def search_execute(*, query_id: int) -> SearchQuery | None:
+def search_execute(*, query_id: int, task_id: str = "") -> SearchQuery | None:
     """Run one search (Celery worker): extract, shortlist, verify, rank, recognise.
 
-    Idempotent: only a ``pending`` search is claimed, so a redelivered task does nothing.
+    Idempotent: a finished search is left alone and a running one is skipped unless its
+    claim is this task's (a redelivery resumes it) or has gone stale. Application errors
+    fail the search with the reason; database errors propagate so that the task retries.
     """
-    claimed = SearchQuery.objects.filter(pk=query_id, status=SearchQuery.Status.PENDING).update(
-        status=SearchQuery.Status.RUNNING
-    )
-    if not claimed:
-        return selectors.search_get(query_id=query_id)
+    task_id = task_id or uuid.uuid4().hex
+    if not _claim(SearchQuery, query_id, task_id=task_id, busy=SearchQuery.Status.RUNNING, done=_SEARCH_DONE):
+        query = selectors.search_get(query_id=query_id)
+        if query is not None and query.status not in _SEARCH_DONE and query.attempts >= settings.LANDMARKS_TASK_MAX_ATTEMPTS:
+            _fail_search(query, f"The search was started {query.attempts} times and never finished.", {})
+        return query
     query = SearchQuery.objects.select_related("catalog", "catalog__active_model").get(pk=query_id)
     timings: dict[str, float] = {"queue": (timezone.now() - query.created_at).total_seconds() * 1000}
     try:
         _search_stages(query, timings)
     except RetrievalError as exc:
         _fail_search(query, exc.message, timings)
+    except DATABASE_ERRORS:
+        raise
     except Exception as exc:
         logger.exception("search %s failed", query_id)
         _fail_search(query, f"Search failed: {type(exc).__name__}: {exc}", timings)
@@ -475,6 +518,7 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
     timings["queue"] = round(timings["queue"], 2)
     SearchQuery.objects.filter(pk=query.pk).update(
         status=SearchQuery.Status.DONE,
+        **_RELEASED,
         model=model,
         results=results,
         landmark_name=recognition.landmark if recognition else "",
@@ -541,7 +585,9 @@ def catalog_augment(*, catalog_id: int) -> int:
     if busy.exists():
         _enqueue("catalog_augment", catalog_id, countdown=settings.LANDMARKS_AUGMENT_DELAY_SECONDS)
         return 0
-    Catalog.objects.filter(pk=catalog_id).update(augment_pending=False)
+    # The sweep may send this task too (after a broker outage): only one run takes it.
+    if not Catalog.objects.filter(pk=catalog_id, augment_pending=True).update(augment_pending=False):
+        return 0
     updated = 0
     for model_id in ImageDescriptor.objects.filter(catalog=catalog).values_list("model_id", flat=True).distinct():
         rows = list(ImageDescriptor.objects.filter(catalog=catalog, model_id=model_id).values_list("pk", "embedding"))
@@ -562,7 +608,7 @@ def catalog_augment(*, catalog_id: int) -> int:
 
 def _fail_search(query: SearchQuery, reason: str, timings: dict[str, float]) -> None:
     SearchQuery.objects.filter(pk=query.pk).update(
-        status=SearchQuery.Status.FAILED, error=reason, timings_ms=timings, finished_at=timezone.now()
+        status=SearchQuery.Status.FAILED, error=reason, timings_ms=timings, finished_at=timezone.now(), **_RELEASED
     )
 
 
@@ -576,17 +622,18 @@ def reindex_start(*, catalog: Catalog | None = None, stale_only: bool = False) -
     return job
 
 
-def reindex_run(*, job_id: int) -> ReindexJob | None:
+def reindex_run(*, job_id: int, task_id: str = "") -> ReindexJob | None:
     """Re-extract the job's images with the current model (Celery worker).
 
     New descriptor rows are written next to the old model's; each catalog switches its
-    ``active_model`` only when every image has been processed.
+    ``active_model`` only when every image has been processed. Every image renews the
+    job's claim; a job whose worker died is taken over by the sweep's next task, which
+    skips the images already re-extracted since the job started.
     """
-    claimed = ReindexJob.objects.filter(pk=job_id, status=ReindexJob.Status.PENDING).update(
-        status=ReindexJob.Status.RUNNING, started_at=timezone.now()
-    )
-    if not claimed:
+    task_id = task_id or uuid.uuid4().hex
+    if not _claim(ReindexJob, job_id, task_id=task_id, busy=ReindexJob.Status.RUNNING, done=_JOB_DONE):
         return selectors.reindex_job_get(job_id=job_id)
+    ReindexJob.objects.filter(pk=job_id).update(started_at=Coalesce(F("started_at"), timezone.now()))
     job = ReindexJob.objects.select_related("catalog").get(pk=job_id)
     try:
         from retrieval.extraction import get_extractor
@@ -602,36 +649,120 @@ def reindex_run(*, job_id: int) -> ReindexJob | None:
                 else CatalogImage.objects.filter(catalog=catalog)
             )
             plan.append((catalog, extractor, model, list(images.order_by("pk").values_list("pk", flat=True))))
-        ReindexJob.objects.filter(pk=job.pk).update(
-            model=plan[-1][2] if plan else None, total=sum(len(ids) for *_, ids in plan)
-        )
-        processed = failed = 0
+        if job.total == 0:
+            ReindexJob.objects.filter(pk=job.pk).update(
+                model=plan[-1][2] if plan else None, total=sum(len(ids) for *_, ids in plan)
+            )
+        processed, failed = job.processed, job.failed
         for catalog, extractor, model, ids in plan:
+            # A resumed job: what was re-extracted since it started is done already.
+            done = set(
+                ImageDescriptor.objects.filter(model=model, image_id__in=ids, updated_at__gte=job.started_at)
+                .values_list("image_id", flat=True)
+            ) if processed else set()  # fmt: skip
             for image in CatalogImage.objects.filter(pk__in=ids).order_by("pk").iterator(chunk_size=100):
+                if image.pk in done:
+                    continue
                 CatalogImage.objects.filter(pk=image.pk).update(status=CatalogImage.Status.PROCESSING)
                 if not _extract_and_store(image=image, extractor=extractor, model=model):
                     failed += 1
                 processed += 1
-                ReindexJob.objects.filter(pk=job.pk).update(processed=processed, failed=failed)
+                ReindexJob.objects.filter(pk=job.pk).update(
+                    processed=processed, failed=failed, claimed_at=timezone.now()
+                )
             Catalog.objects.filter(pk=catalog.pk).update(active_model=model)
             catalog_request_augmentation(catalog_id=catalog.pk)
-        ReindexJob.objects.filter(pk=job.pk).update(status=ReindexJob.Status.DONE, finished_at=timezone.now())
+        ReindexJob.objects.filter(pk=job.pk).update(
+            status=ReindexJob.Status.DONE, finished_at=timezone.now(), claimed_by="", claimed_at=None
+        )
+    except DATABASE_ERRORS:
+        raise
     except Exception as exc:
         logger.exception("reindex job %s failed", job_id)
         ReindexJob.objects.filter(pk=job.pk).update(
-            status=ReindexJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
-        )
+            status=ReindexJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now(),
+            claimed_by="", claimed_at=None,
+        )  # fmt: skip
     job.refresh_from_db()
     return job
 
 
-# --- queueing ---------------------------------------------------------------------------
+# --- claims and queueing ---------------------------------------------------------------
+
+# Field values that clear a claim when a row reaches a final state.
+_RELEASED = {"claimed_by": "", "claimed_at": None, "attempts": 0}
+_SEARCH_DONE = (SearchQuery.Status.DONE, SearchQuery.Status.FAILED)
+_JOB_DONE = (ReindexJob.Status.DONE, ReindexJob.Status.FAILED)
+
+
+def _claim(
+    model: type[CatalogImage] | type[SearchQuery] | type[ReindexJob],
+    pk: int,
+    *,
+    task_id: str,
+    busy: str,
+    done: tuple[str, ...] = (),
+    max_attempts: int | None = None,
+) -> bool:
+    """Take a row for ``task_id`` with one conditional UPDATE; True if taken.
+
+    A row in a ``done`` state is never taken. A ``busy`` row is taken only when the claim
+    is this task's own (Celery redelivers and retries under the same id, so the work
+    resumes), or when its holder has shown no progress for LANDMARKS_TASK_LEASE_SECONDS
+    (a killed worker). Each claim counts an attempt; ``max_attempts`` refuses more.
+    """
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.LANDMARKS_TASK_LEASE_SECONDS)
+    takeable = ~Q(status=busy) | Q(claimed_by=task_id) | Q(claimed_at__lt=stale) | Q(claimed_at__isnull=True)
+    rows = model.objects.filter(pk=pk).exclude(status__in=done).filter(takeable)
+    updates: dict[str, object] = {"status": busy, "claimed_by": task_id, "claimed_at": now}
+    if hasattr(model, "attempts"):
+        rows = rows.filter(attempts__lt=max_attempts or settings.LANDMARKS_TASK_MAX_ATTEMPTS)
+        updates["attempts"] = F("attempts") + 1
+    return rows.update(**updates) == 1
+
+
+# Which row's ``queued_at`` a task's message stamps.
+_QUEUED_ROWS = {"index_image": CatalogImage, "search_run": SearchQuery, "reindex_run": ReindexJob}
+
+
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from redis.exceptions import RedisError
+
+    return (KombuOperationalError, RedisError, OSError)
+
+
+# After a failed publish, skip the broker for this long: a bulk import during an outage
+# stores its photos at full speed instead of waiting out a timeout per photo.
+BROKER_BACKOFF_SECONDS = 5.0
+_broker_down_until = 0.0
+
+
+def _send(task_name: str, object_id: int, *, countdown: float | None = None) -> bool:
+    """Publish a task now; False (logged) when the broker cannot be reached.
+
+    Nothing is lost then: the row keeps ``queued_at`` empty and the periodic sweep
+    (``retrieval.recovery.work_sweep``) sends it once the broker is back.
+    """
+    global _broker_down_until
+    from retrieval import tasks
+
+    if time.monotonic() < _broker_down_until:
+        return False
+    try:
+        getattr(tasks, task_name).apply_async((object_id,), countdown=countdown)
+    except _broker_errors() as exc:
+        _broker_down_until = time.monotonic() + BROKER_BACKOFF_SECONDS
+        logger.warning("could not queue %s(%s); the sweep will once the broker is back: %s", task_name, object_id, exc)
+        return False
+    model = _QUEUED_ROWS.get(task_name)
+    if model is not None:
+        model.objects.filter(pk=object_id).update(queued_at=timezone.now())
+    return True
 
 
 def _enqueue(task_name: str, object_id: int, *, countdown: float | None = None) -> None:
     """Send the task after the current transaction commits (a worker never sees a row
     that does not exist yet)."""
-    from retrieval import tasks
-
-    task = getattr(tasks, task_name)
-    transaction.on_commit(lambda: task.apply_async((object_id,), countdown=countdown))
+    transaction.on_commit(lambda: _send(task_name, object_id, countdown=countdown))

@@ -44,6 +44,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "retrieval.middleware.ServiceUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "searchsite.urls"
@@ -66,9 +67,14 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        DATABASE_URL or "postgres://postgres@127.0.0.1:5432/landmarks", conn_max_age=60
+        DATABASE_URL or "postgres://postgres@127.0.0.1:5432/landmarks",
+        conn_max_age=60,
+        # A kept connection is checked before each request, so a PostgreSQL restart costs
+        # no failed request (and workers check theirs before each task).
+        conn_health_checks=True,
     )
 }
+DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LANGUAGE_CODE = "en-us"
@@ -117,6 +123,9 @@ LANDMARKS_VERIFY_EARLY_STOP = env.get_int("LANDMARKS_VERIFY_EARLY_STOP", 10, min
 # Inliers for "same place"; unset: the value calibrated for the local feature in use.
 LANDMARKS_MIN_INLIERS = env.get_optional_int("LANDMARKS_MIN_INLIERS", minimum=4)
 LANDMARKS_SEARCH_WAIT_SECONDS = env.get_float("LANDMARKS_SEARCH_WAIT_SECONDS", 60.0, minimum=0.0)
+# Requests per web process that may wait for a search result at once; the others answer
+# 202 with a URL to poll at once, so waiting searches never take every thread of the site.
+LANDMARKS_SEARCH_WAITERS = env.get_int("LANDMARKS_SEARCH_WAITERS", 2, minimum=0)
 # Query expansion (alpha-QE) and database-side augmentation (DBA); 0 switches each off.
 LANDMARKS_QE_NEIGHBOURS = env.get_int("LANDMARKS_QE_NEIGHBOURS", 10, minimum=0)
 LANDMARKS_DBA_NEIGHBOURS = env.get_int("LANDMARKS_DBA_NEIGHBOURS", 10, minimum=0)
@@ -136,9 +145,40 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "index"
-CELERY_TASK_ROUTES = {"retrieval.tasks.search_*": {"queue": "search"}}
+CELERY_TASK_ROUTES = {
+    "retrieval.tasks.search_*": {"queue": "search"},
+    "retrieval.tasks.work_sweep": {"queue": "search"},  # short; must not wait behind a bulk import
+}
 CELERY_TASK_ALWAYS_EAGER = env.get_bool("LANDMARKS_TASKS_EAGER", False)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# An unacknowledged message (its worker was killed) comes back after this long; the sweep
+# below usually recovers the work sooner. Longer tasks (reindex) renew their row's claim,
+# so a second delivery while the first still works does nothing.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.get_int("LANDMARKS_BROKER_VISIBILITY_TIMEOUT", 600, minimum=10),
+    "socket_connect_timeout": 3,
+    "socket_timeout": 10,
+}
+# With the broker away, a web request learns it within ~2 s (and answers 503) instead of
+# hanging in publish retries.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # workers wait for the broker forever
+# The extractor loads in each pool process before it reports ready (searchsite/celery.py):
+# ~7 s on 2 cores, more under load; Celery's 4 s default killed every new pool process.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = env.get_float("LANDMARKS_WORKER_START_TIMEOUT", 120.0, minimum=4.0)
+
+# Recovery (retrieval/recovery.py): a claim without progress for this long belongs to a
+# dead worker; each row gets this many claims; searches older than this are given up.
+LANDMARKS_TASK_LEASE_SECONDS = env.get_float("LANDMARKS_TASK_LEASE_SECONDS", 120.0, minimum=1.0)
+LANDMARKS_TASK_MAX_ATTEMPTS = env.get_int("LANDMARKS_TASK_MAX_ATTEMPTS", 3, minimum=1)
+LANDMARKS_SEARCH_GIVE_UP_SECONDS = env.get_float("LANDMARKS_SEARCH_GIVE_UP_SECONDS", 600.0, minimum=1.0)
+LANDMARKS_SWEEP_SECONDS = env.get_float("LANDMARKS_SWEEP_SECONDS", 15.0, minimum=1.0)
+CELERY_BEAT_SCHEDULE = {
+    "work-sweep": {
+        "task": "retrieval.tasks.work_sweep",
+        "schedule": LANDMARKS_SWEEP_SECONDS,
+        "options": {"queue": "search", "expires": LANDMARKS_SWEEP_SECONDS},
+    },
+}
 
 LOG_LEVEL = env.get_str("LANDMARKS_LOG_LEVEL", "INFO")
 LOGGING = {

@@ -103,6 +103,12 @@ class Command(BaseCommand):
         )
         for name, reason in failures:
             self.stderr.write(f"  refused {name}: {reason}")
+        unqueued = target.images.filter(status=CatalogImage.Status.PENDING, queued_at__isnull=True).count()
+        if unqueued:
+            self.stderr.write(
+                f"  the task queue is unreachable: {unqueued} image(s) are stored and will be queued "
+                "automatically once it is back (or run this import again)"
+            )
         if wait:
             self._wait(target, timeout)
         if failures:

@@ -1,0 +1,124 @@
+"""The periodic sweep that finishes what faults left behind (celery beat, every
+LANDMARKS_SWEEP_SECONDS; also safe to call by hand).
+
+A row's task can be lost in three ways, each seen in the row itself:
+
+- it never reached the broker (the broker was down): ``pending`` with ``queued_at``
+  empty -> queue it;
+- its message was lost with the broker's data: ``pending``, queued long ago, and its
+  queue is empty -> queue it again;
+- its worker was killed while working: ``processing``/``running`` with a claim that shows
+  no progress for LANDMARKS_TASK_LEASE_SECONDS -> queue it again; the new task takes the
+  stale claim over (``services._claim``), and gives up after LANDMARKS_TASK_MAX_ATTEMPTS.
+
+Sending a task twice is harmless: every task claims its row before working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from retrieval import services
+from retrieval.models import Catalog, CatalogImage, ImageDescriptor, ReindexJob, SearchQuery
+
+logger = logging.getLogger(__name__)
+
+# A row younger than this may still be between its commit and its on_commit send.
+QUEUE_GRACE = timedelta(seconds=10)
+# Rows sent per kind and sweep, so that one sweep never floods the broker.
+BATCH = 1000
+
+
+@dataclasses.dataclass
+class SweepReport:
+    images: int = 0
+    searches: int = 0
+    searches_given_up: int = 0
+    reindex_jobs: int = 0
+    augmentations: int = 0
+
+    def __bool__(self) -> bool:
+        return any(dataclasses.astuple(self))
+
+
+def work_sweep(*, now: datetime | None = None) -> SweepReport:
+    """Queue again every lost task; fail searches nobody will wait for any more."""
+    now = now or timezone.now()
+    lease = now - timedelta(seconds=settings.LANDMARKS_TASK_LEASE_SECONDS)
+    report = SweepReport()
+
+    give_up = now - timedelta(seconds=settings.LANDMARKS_SEARCH_GIVE_UP_SECONDS)
+    report.searches_given_up = SearchQuery.objects.filter(
+        status__in=[SearchQuery.Status.PENDING, SearchQuery.Status.RUNNING], created_at__lt=give_up
+    ).update(
+        status=SearchQuery.Status.FAILED,
+        error="The search did not finish in time; please try again.",
+        finished_at=now,
+        claimed_by="",
+        claimed_at=None,
+    )
+    report.searches = _resend(
+        SearchQuery.objects.all(), "search_run", "search", busy=SearchQuery.Status.RUNNING, now=now, lease=lease
+    )
+    report.images = _resend(
+        CatalogImage.objects.all(), "index_image", "index", busy=CatalogImage.Status.PROCESSING, now=now, lease=lease
+    )
+    report.reindex_jobs = _resend(
+        ReindexJob.objects.all(), "reindex_run", "index", busy=ReindexJob.Status.RUNNING, now=now, lease=lease
+    )
+    report.augmentations = _request_stale_augmentations()
+    if report:
+        logger.warning("sweep: %s", report)
+    return report
+
+
+def _resend(rows: QuerySet, task_name: str, queue: str, *, busy: str, now: datetime, lease: datetime) -> int:
+    """Send ``task_name`` again for the rows whose task is lost; returns how many."""
+    never_queued = Q(status="pending", queued_at__isnull=True, created_at__lt=now - QUEUE_GRACE)
+    abandoned = Q(status=busy) & (Q(claimed_at__lt=lease) | Q(claimed_at__isnull=True))
+    lost = never_queued | abandoned
+    if _queue_is_empty(queue):
+        lost |= Q(status="pending", queued_at__lt=lease)
+    sent = 0
+    for pk in rows.filter(lost).order_by("pk").values_list("pk", flat=True)[:BATCH]:
+        if not services._send(task_name, pk):
+            break  # the broker is still away; the next sweep tries again
+        sent += 1
+    return sent
+
+
+def _queue_is_empty(queue: str) -> bool:
+    """Whether the broker holds no message for ``queue`` (False when unknown)."""
+    from searchsite.celery import app
+
+    try:
+        with app.connection_for_read() as connection:
+            return connection.default_channel.queue_declare(queue=queue, passive=True).message_count == 0
+    except Exception as exc:  # noqa: BLE001 - any broker trouble means "do not know"
+        logger.info("could not read the length of queue %s: %s", queue, exc)
+        return False
+
+
+def _request_stale_augmentations() -> int:
+    """Ask for a DBA refresh of catalogs with descriptors newer than their last one (a
+    refresh lost to a fault); catalogs still indexing are left to their own request."""
+    if settings.LANDMARKS_DBA_NEIGHBOURS <= 1:
+        return 0
+    busy = CatalogImage.objects.filter(
+        catalog=OuterRef("pk"), status__in=[CatalogImage.Status.PENDING, CatalogImage.Status.PROCESSING]
+    )
+    newer = ImageDescriptor.objects.filter(catalog=OuterRef("pk")).filter(
+        Q(updated_at__gt=OuterRef("augmented_at")) | Q(catalog__augmented_at__isnull=True)
+    )
+    stale = Catalog.objects.filter(augment_pending=False).filter(Exists(newer)).exclude(Exists(busy))
+    count = 0
+    for catalog_id in stale.values_list("pk", flat=True):
+        services.catalog_request_augmentation(catalog_id=catalog_id)
+        count += 1
+    return count
