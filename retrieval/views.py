@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,10 @@ logger = logging.getLogger(__name__)
 
 def error_response(exc: RetrievalError) -> JsonResponse:
     """The one place where application errors become HTTP answers."""
-    return JsonResponse({"error": exc.message}, status=exc.http_status)
+    response = JsonResponse({"error": exc.message}, status=exc.http_status)
+    if exc.http_status == 503:
+        response["Retry-After"] = "30"
+    return response
 
 
 def json_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -103,8 +107,8 @@ def _search_response(request: HttpRequest, query: SearchQuery) -> JsonResponse:
 def api_search(request: HttpRequest) -> JsonResponse:
     """POST multipart ``image`` (+ ``catalog``, ``top_k``, ``bbox``): 200 with results,
     202 with a URL to poll when the workers take longer than the wait limit."""
-    query = _create_search(request)
-    query = services.search_wait(query_id=query.pk, timeout=_wait_seconds(request))
+    timeout = _wait_seconds(request)
+    query = _wait_for_search(_create_search(request), timeout)
     return _search_response(request, query)
 
 
@@ -117,6 +121,23 @@ def _wait_seconds(request: HttpRequest) -> float:
         return max(0.0, min(float(raw), limit))
     except ValueError:
         raise InvalidInput("wait must be a number of seconds.") from None
+
+
+_waiters = threading.BoundedSemaphore(max(1, settings.LANDMARKS_SEARCH_WAITERS))
+
+
+def _wait_for_search(query: SearchQuery, timeout: float) -> SearchQuery:
+    """Wait for the result if a waiting slot of this process is free, else return at once.
+
+    Waiting holds a web thread; with at most LANDMARKS_SEARCH_WAITERS of them per process
+    the other threads stay free for pages and polls, however many clients search.
+    """
+    if settings.LANDMARKS_SEARCH_WAITERS == 0 or timeout <= 0 or not _waiters.acquire(blocking=False):
+        return query
+    try:
+        return services.search_wait(query_id=query.pk, timeout=timeout)
+    finally:
+        _waiters.release()
 
 
 @require_GET
@@ -136,7 +157,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
         except RetrievalError as exc:
             form = SearchForm(request.POST)
             return render(request, "retrieval/search.html", {"form": form, "error": exc.message}, status=exc.http_status)
-        services.search_wait(query_id=query.pk, timeout=settings.LANDMARKS_SEARCH_WAIT_SECONDS)
+        _wait_for_search(query, settings.LANDMARKS_SEARCH_WAIT_SECONDS)
         return redirect("search-detail", query_id=query.pk)
     return render(request, "retrieval/search.html", {"form": SearchForm()})
 
