@@ -3,8 +3,10 @@
 ``python -m searchsite.launcher run``
     Starts the embedded PostgreSQL and Redis (unless DATABASE_URL / REDIS_URL are set),
     migrates, prepares the model weights, makes sure an admin account exists, then runs
-    the web server (gunicorn) and two Celery workers (one for searches, one for
-    indexing) until Ctrl-C, which stops every child and then the databases.
+    the web server (gunicorn), two Celery workers (one for searches, one for indexing)
+    and celery beat (the recovery sweep) until Ctrl-C, which stops every child and then
+    the databases. A child or the embedded Redis that dies is started again, with a
+    growing delay while it keeps dying; the rest of the site keeps running.
 
 ``python -m searchsite.launcher test [pytest args...]``
     Starts throw-away servers in a temporary folder, runs pytest against them and
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import secrets
@@ -24,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from searchsite.services import ServiceError, embedded_services
+from searchsite.services import EmbeddedRedis, ServiceError, embedded_services
 
 logger = logging.getLogger("searchsite.launcher")
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -52,6 +55,61 @@ def _ensure_admin(env: dict[str, str], data_dir: Path) -> str:
     return password
 
 
+# A child that ran this long before it died is restarted at once; one that keeps dying
+# sooner waits 1, 2, 4 ... up to MAX_BACKOFF seconds between starts.
+HEALTHY_AFTER = 60.0
+MAX_BACKOFF = 30.0
+
+
+@dataclasses.dataclass
+class Child:
+    """One supervised process of the site."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+
+    def start(self, env: dict[str, str]) -> None:
+        # Own session: Ctrl-C reaches only the launcher, which stops children in order.
+        self.process = subprocess.Popen(self.argv, env=env, cwd=BASE_DIR, start_new_session=True)
+        self.started = time.monotonic()
+        self.restart_at = None
+
+    def supervise(self, env: dict[str, str]) -> None:
+        """Start the child again if it died (after its backoff delay)."""
+        now = time.monotonic()
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                logger.warning("starting %s again", self.name)
+                self.start(env)
+            return
+        if self.process is None or self.process.poll() is None:
+            return
+        self.failures = 0 if now - self.started > HEALTHY_AFTER else self.failures + 1
+        delay = min(MAX_BACKOFF, 2.0 ** (self.failures - 1)) if self.failures else 0.0
+        logger.error("%s exited with code %s; starting it again in %.0f s", self.name, self.process.returncode, delay)
+        self.restart_at = now + delay
+
+
+def _supervise_redis(redis: EmbeddedRedis, state: dict[str, float]) -> None:
+    """Restart the embedded Redis on its port; workers and the web reconnect by themselves."""
+    if redis.running:
+        return
+    now = time.monotonic()
+    if now < state.get("retry_at", 0.0):
+        return
+    logger.error("the embedded Redis is not running; starting it again")
+    try:
+        redis.restart()
+        logger.warning("embedded Redis is back on port %d", redis.port)
+    except ServiceError as exc:
+        logger.error("%s; retrying in 5 s", exc)
+        state["retry_at"] = now + 5.0
+
+
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     for child in children:
         if child.poll() is None:
@@ -65,12 +123,32 @@ def _stop(children: list[subprocess.Popen[bytes]]) -> None:
             child.wait()
 
 
+def _children(data_dir: Path, host: str, port: int) -> list[Child]:
+    celery = [PYTHON, "-m", "celery", "-A", "searchsite"]
+    return [
+        Child("web server", [
+            PYTHON, "-m", "gunicorn", "searchsite.wsgi", "--bind", f"{host}:{port}",
+            "--workers", os.environ.get("WEB_WORKERS", "2"), "--threads", "4",
+            "--timeout", "300", "--access-logfile", "-",
+        ]),
+        Child("search worker", [
+            *celery, "worker", "-Q", "search", "-n", "search@%h", "--concurrency", "1", "--loglevel", "INFO",
+        ]),
+        Child("index worker", [
+            *celery, "worker", "-Q", "index", "-n", "index@%h",
+            "--concurrency", os.environ.get("INDEX_WORKERS", "1"), "--loglevel", "INFO",
+        ]),
+        Child("beat", [
+            *celery, "beat", "--loglevel", "INFO",
+            "--schedule", str(data_dir / "run" / "celerybeat-schedule"),
+        ]),
+    ]  # fmt: skip
+
+
 def run_site() -> int:
     data_dir = _data_dir()
     port = int(os.environ.get("PORT", "8000"))
     host = os.environ.get("HOST", "127.0.0.1")
-    # Ctrl-C reaches every process of the terminal's group; the children run in their
-    # own sessions so that this process stops them in order (web, workers, databases).
     stop_requested = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -79,55 +157,40 @@ def run_site() -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    with embedded_services(data_dir) as urls:
-        env = {**os.environ, **urls, "LANDMARKS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    with embedded_services(data_dir) as services:
+        env = {**os.environ, **services.urls, "LANDMARKS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
         _manage("migrate", "--no-input", env=env)
         _manage("prepare_models", env=env)
         password = _ensure_admin(env, data_dir)
-        children = [
-            subprocess.Popen(
-                [PYTHON, "-m", "gunicorn", "searchsite.wsgi", "--bind", f"{host}:{port}",
-                 "--workers", os.environ.get("WEB_WORKERS", "2"), "--threads", "4",
-                 "--timeout", "300", "--access-logfile", "-"],
-                env=env, cwd=BASE_DIR, start_new_session=True,
-            ),
-            subprocess.Popen(
-                [PYTHON, "-m", "celery", "-A", "searchsite", "worker", "-Q", "search",
-                 "-n", "search@%h", "--concurrency", "1", "--loglevel", "INFO"],
-                env=env, cwd=BASE_DIR, start_new_session=True,
-            ),
-            subprocess.Popen(
-                [PYTHON, "-m", "celery", "-A", "searchsite", "worker", "-Q", "index",
-                 "-n", "index@%h", "--concurrency", os.environ.get("INDEX_WORKERS", "1"),
-                 "--loglevel", "INFO"],
-                env=env, cwd=BASE_DIR, start_new_session=True,
-            ),
-        ]  # fmt: skip
+        children = _children(data_dir, host, port)
+        for child in children:
+            child.start(env)
         logger.info(
             "\n\n  Landmark search is running at http://%s:%d/\n"
             "  Admin: http://%s:%d/admin/  user 'admin', password '%s' (kept in %s)\n"
             "  Press Ctrl-C to stop.\n",
             host, port, host, port, password, data_dir / "admin-password.txt",
         )  # fmt: skip
+        redis_state: dict[str, float] = {}
         try:
             while not stop_requested:
-                if any(child.poll() is not None for child in children):
-                    logger.error("a child process exited; stopping everything")
-                    break
+                if services.redis is not None:
+                    _supervise_redis(services.redis, redis_state)
+                for child in children:
+                    child.supervise(env)
                 time.sleep(0.5)
         finally:
             logger.info("stopping web server and workers")
-            _stop(children)
+            _stop([child.process for child in children if child.process is not None])
             logger.info("stopping databases")
-    failed = any(child.returncode not in (0, -signal.SIGTERM) for child in children)
-    return 1 if failed and not stop_requested else 0
+    return 0
 
 
 def run_tests(pytest_args: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="landmarks-test-") as tmp:
         data_dir = Path(tmp) / "var"
-        with embedded_services(data_dir, throwaway=True) as urls:
-            env = {**os.environ, **urls, "LANDMARKS_DATA_DIR": str(data_dir)}
+        with embedded_services(data_dir, throwaway=True) as services:
+            env = {**os.environ, **services.urls, "LANDMARKS_DATA_DIR": str(data_dir)}
             return subprocess.run([PYTHON, "-m", "pytest", *pytest_args], env=env, cwd=BASE_DIR).returncode
 
 

@@ -108,6 +108,8 @@ class EmbeddedRedis:
 
     data_dir: Path
     _process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    persist: bool = True
 
     @staticmethod
     def binary() -> Path:
@@ -119,8 +121,10 @@ class EmbeddedRedis:
         return path
 
     def start(self, *, persist: bool = True) -> str:
+        """Start on a free port (the first time) or on the same port again (a restart)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        self.persist = persist
+        self.port = port = self.port or _free_port()
         args = [
             str(self.binary()),
             "--bind", "127.0.0.1",
@@ -140,6 +144,14 @@ class EmbeddedRedis:
             time.sleep(0.05)
         raise ServiceError("redis-server did not accept connections within 15 s")
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def restart(self) -> str:
+        """Start again after a crash, on the same port and data (the append-only file)."""
+        return self.start(persist=self.persist)
+
     def stop(self) -> None:
         """SIGTERM makes Redis write its data and exit."""
         if self._process is None or self._process.poll() is not None:
@@ -152,8 +164,17 @@ class EmbeddedRedis:
             self._process.wait()
 
 
+@dataclasses.dataclass
+class Services:
+    """What :func:`embedded_services` provides: the URLs, and the Redis it started (if
+    any), which the launcher restarts when it dies."""
+
+    urls: dict[str, str]
+    redis: EmbeddedRedis | None = None
+
+
 @contextlib.contextmanager
-def embedded_services(data_dir: Path, *, throwaway: bool = False) -> Iterator[dict[str, str]]:
+def embedded_services(data_dir: Path, *, throwaway: bool = False) -> Iterator[Services]:
     """Start what the environment does not provide; yield the env vars to export.
 
     With ``DATABASE_URL`` (``REDIS_URL``) set, that server is used and none is started.
@@ -161,6 +182,7 @@ def embedded_services(data_dir: Path, *, throwaway: bool = False) -> Iterator[di
     """
     started: list[EmbeddedPostgres | EmbeddedRedis] = []
     values: dict[str, str] = {}
+    services = Services(values)
     try:
         if os.environ.get("DATABASE_URL"):
             values["DATABASE_URL"] = os.environ["DATABASE_URL"]
@@ -175,10 +197,11 @@ def embedded_services(data_dir: Path, *, throwaway: bool = False) -> Iterator[di
             redis = EmbeddedRedis(data_dir / "redis")
             values["REDIS_URL"] = redis.start(persist=not throwaway)
             started.append(redis)
+            services.redis = redis
             logger.info("embedded Redis ready at %s", values["REDIS_URL"])
         if started and not throwaway:
             write_services_file(data_dir, values)
-        yield values
+        yield services
     finally:
         for service in reversed(started):
             service.stop()
