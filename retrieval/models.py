@@ -127,6 +127,7 @@ class CatalogImage(models.Model):
     claimed_by = models.CharField(max_length=64, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Claims so far; capped (a file that kills workers).")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     indexed_at = models.DateTimeField(null=True, blank=True)
@@ -201,6 +202,7 @@ class SearchQuery(models.Model):
     claimed_by = models.CharField(max_length=64, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Claims so far; capped (a file that kills workers).")
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
 

@@ -13,6 +13,16 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddField(
             model_name='catalogimage',
+            name='attempts',
+            field=models.PositiveSmallIntegerField(default=0, help_text='Claims so far; capped (a file that kills workers).'),
+        ),
+        migrations.AddField(
+            model_name='searchquery',
+            name='attempts',
+            field=models.PositiveSmallIntegerField(default=0, help_text='Claims so far; capped (a file that kills workers).'),
+        ),
+        migrations.AddField(
+            model_name='catalogimage',
             name='claimed_at',
             field=models.DateTimeField(blank=True, null=True),
         ),
