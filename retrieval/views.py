@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -75,9 +76,9 @@ def search_payload(request: HttpRequest, query: SearchQuery) -> dict[str, Any]:
         {"name": query.landmark_name, "confidence": query.landmark_confidence} if query.landmark_name else None
     )
     return {
-        "id": query.pk,
+        "id": str(query.public_id),
         "status": query.status,
-        "url": request.build_absolute_uri(reverse("api-search-detail", args=[query.pk])),
+        "url": request.build_absolute_uri(reverse("api-search-detail", args=[query.public_id])),
         "catalog": query.catalog.name,
         "model": str(query.model) if query.model_id else None,
         "query": {"width": query.width, "height": query.height, "bbox": query.bbox},
@@ -121,10 +122,14 @@ def _wait_seconds(request: HttpRequest) -> float:
 
 @require_GET
 @json_errors
-def api_search_detail(request: HttpRequest, query_id: int) -> JsonResponse:
-    query = selectors.search_get(query_id=query_id)
+def api_search_detail(request: HttpRequest, public_id: str) -> JsonResponse:
+    # Any string reaches here so that an old integer id gets the API's JSON 404 too.
+    try:
+        query = selectors.search_get_public(public_id=uuid.UUID(public_id))
+    except ValueError:
+        query = None
     if query is None:
-        raise NotFound(f"No search with id {query_id}.")
+        raise NotFound(f"No search with id {public_id}.")
     return _search_response(request, query)
 
 
@@ -137,15 +142,15 @@ def search_page(request: HttpRequest) -> HttpResponse:
             form = SearchForm(request.POST)
             return render(request, "retrieval/search.html", {"form": form, "error": exc.message}, status=exc.http_status)
         services.search_wait(query_id=query.pk, timeout=settings.LANDMARKS_SEARCH_WAIT_SECONDS)
-        return redirect("search-detail", query_id=query.pk)
+        return redirect("search-detail", public_id=query.public_id)
     return render(request, "retrieval/search.html", {"form": SearchForm()})
 
 
 @require_GET
-def search_detail_page(request: HttpRequest, query_id: int) -> HttpResponse:
-    query = selectors.search_get(query_id=query_id)
+def search_detail_page(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    query = selectors.search_get_public(public_id=public_id)
     if query is None:
-        raise Http404(f"No search with id {query_id}.")
+        raise Http404(f"No search with id {public_id}.")
     payload = search_payload(request, query)
     return render(request, "retrieval/results.html", {"query": query, "payload": payload})
 
@@ -159,10 +164,10 @@ def catalog_image_file(request: HttpRequest, image_id: int) -> FileResponse:
 
 
 @require_GET
-def search_image_file(request: HttpRequest, query_id: int) -> FileResponse:
-    query = selectors.search_get(query_id=query_id)
+def search_image_file(request: HttpRequest, public_id: uuid.UUID) -> FileResponse:
+    query = selectors.search_get_public(public_id=public_id)
     if query is None:
-        raise Http404(f"No search with id {query_id}.")
+        raise Http404(f"No search with id {public_id}.")
     return _file_response(query.image)
 
 
