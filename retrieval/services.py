@@ -26,6 +26,7 @@ from retrieval.models import (
     ReindexJob,
     SearchQuery,
     catalog_name_validator,
+    image_suffix,
 )
 from retrieval.vision import preprocessing
 from retrieval.vision.extractors.base import Extractor
@@ -84,6 +85,16 @@ def image_decode(*, data: bytes) -> np.ndarray:
         raise from_image_error(exc) from None
 
 
+def _stored_name(*, data: bytes, sha256: str) -> str:
+    """The stored file's name: its hash and the extension of its decoded format (never
+    the client's name, which could make a PNG be served as HTML)."""
+    try:
+        image_format = preprocessing.image_format(data)
+    except preprocessing.ImageError as exc:
+        raise from_image_error(exc) from None
+    return f"{sha256}{image_suffix(image_format)}"
+
+
 def image_ingest(
     *,
     catalog: Catalog,
@@ -113,7 +124,7 @@ def image_ingest(
         original_name=filename[-300:],
         external_id=external_id[:200],
     )
-    image.file.save(filename, ContentFile(data), save=False)
+    image.file.save(_stored_name(data=data, sha256=sha256), ContentFile(data), save=False)
     try:
         with transaction.atomic():
             image.save()
@@ -297,7 +308,8 @@ def search_create(
     """Store a query photo and enqueue its search once the transaction commits.
 
     With ``enqueue=False`` nothing is sent to the broker: the caller runs
-    :func:`search_execute` itself (``evaluate``).
+    :func:`search_execute` itself (``evaluate``). ``filename`` (the client's) is not
+    kept: the stored name derives from the content.
     """
     rgb = image_decode(data=data)
     if bbox is not None:
@@ -307,16 +319,18 @@ def search_create(
             raise InvalidInput(str(exc)) from None
     if not catalog.images.exists():
         raise InvalidInput(f"Catalog {catalog.name} has no images yet.")
+    sha256 = hashlib.sha256(data).hexdigest()
+    stored_name = _stored_name(data=data, sha256=sha256)
     query = SearchQuery(
         catalog=catalog,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         width=rgb.shape[1],
         height=rgb.shape[0],
         bbox=bbox,
         top_k=top_k,
         created_at=timezone.now(),
     )
-    query.image.save(filename or "query.jpg", ContentFile(data), save=False)
+    query.image.save(stored_name, ContentFile(data), save=False)
     query.save()
     if enqueue:
         _enqueue("search_run", query.pk)

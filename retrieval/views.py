@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -18,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from retrieval import selectors, services
 from retrieval.errors import InvalidInput, NotFound, RetrievalError
 from retrieval.forms import SearchForm
-from retrieval.models import CatalogImage, SearchQuery
+from retrieval.models import CatalogImage, SearchQuery, image_content_type
 
 logger = logging.getLogger(__name__)
 
@@ -171,11 +174,20 @@ def search_image_file(request: HttpRequest, public_id: uuid.UUID) -> FileRespons
     return _file_response(query.image)
 
 
-def _file_response(field: Any) -> FileResponse:
+def _file_response(field: FieldFile) -> FileResponse:
+    """A stored photo, typed by its extension (which the services derive from the decoded
+    format), so that no upload is ever rendered as a page."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "", os.path.basename(field.name or "")) or "image"
+    content_type = image_content_type(name)
     try:
         handle = field.open("rb")
     except FileNotFoundError:
         raise Http404("The stored file is missing.") from None
-    response = FileResponse(handle)
+    if content_type is None:
+        # Stored before names came from the format: offer it as a download, never inline.
+        response = FileResponse(handle, as_attachment=True, filename=name, content_type="application/octet-stream")
+    else:
+        response = FileResponse(handle, filename=name, content_type=content_type)
+    response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, max-age=3600"
     return response
