@@ -7,6 +7,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import numpy as np
 from django.conf import settings
@@ -369,6 +370,38 @@ def search_execute(*, query_id: int) -> SearchQuery | None:
         logger.exception("search %s failed", query_id)
         _fail_search(query, f"Search failed: {type(exc).__name__}: {exc}", timings)
     return query
+
+
+def search_purge_expired(*, now: datetime | None = None, batch_size: int = 500) -> int:
+    """Delete the searches older than ``LANDMARKS_QUERY_RETENTION_DAYS`` and their query
+    photos (Celery beat, hourly); 0 days keeps everything. Returns how many went.
+
+    Each batch's files go before its rows: an interrupted run leaves rows whose file is
+    missing, which the next run deletes, rather than files no row points to any more.
+    """
+    days = settings.LANDMARKS_QUERY_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    storage = SearchQuery._meta.get_field("image").storage
+    purged = 0
+    while True:
+        batch = list(
+            SearchQuery.objects.filter(created_at__lt=cutoff).order_by("pk").values_list("pk", "image")[:batch_size]
+        )
+        if not batch:
+            break
+        for _, name in batch:
+            if name:
+                try:
+                    storage.delete(name)
+                except FileNotFoundError:  # already gone: the row still goes
+                    pass
+        _, per_model = SearchQuery.objects.filter(pk__in=[pk for pk, _ in batch]).delete()
+        purged += per_model.get(SearchQuery._meta.label, 0)
+    if purged:
+        logger.info("purged %d searches older than %d days", purged, days)
+    return purged
 
 
 def _timed(timings: dict[str, float], stage: str, func: Callable[[], object]) -> object:

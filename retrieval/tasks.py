@@ -32,3 +32,10 @@ def reindex_run(job_id: int) -> None:
     from retrieval.services import reindex_run as run
 
     run(job_id=job_id)
+
+
+@shared_task(autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
+def search_purge_expired() -> int:
+    from retrieval.services import search_purge_expired as purge
+
+    return purge()

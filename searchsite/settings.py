@@ -134,6 +134,9 @@ LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
 LANDMARKS_VERIFY_EARLY_STOP = env.get_int("LANDMARKS_VERIFY_EARLY_STOP", 10, minimum=0)
 # Inliers for "same place"; unset: the value calibrated for the local feature in use.
 LANDMARKS_MIN_INLIERS = env.get_optional_int("LANDMARKS_MIN_INLIERS", minimum=4)
+# Query photos and their results are deleted this many days after the search (hourly
+# task search_purge_expired); 0 keeps them forever.
+LANDMARKS_QUERY_RETENTION_DAYS = env.get_int("LANDMARKS_QUERY_RETENTION_DAYS", 30, minimum=0)
 LANDMARKS_SEARCH_WAIT_SECONDS = env.get_float("LANDMARKS_SEARCH_WAIT_SECONDS", 60.0, minimum=0.0)
 # Query expansion (alpha-QE) and database-side augmentation (DBA); 0 switches each off.
 LANDMARKS_QE_NEIGHBOURS = env.get_int("LANDMARKS_QE_NEIGHBOURS", 10, minimum=0)
@@ -154,9 +157,17 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "index"
-CELERY_TASK_ROUTES = {"retrieval.tasks.search_*": {"queue": "search"}}
+CELERY_TASK_ROUTES = {
+    # An exact name wins over the pattern: housekeeping never delays a person's search.
+    "retrieval.tasks.search_purge_expired": {"queue": "index"},
+    "retrieval.tasks.search_*": {"queue": "search"},
+}
 CELERY_TASK_ALWAYS_EAGER = env.get_bool("LANDMARKS_TASKS_EAGER", False)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Periodic tasks, sent by `celery beat` (started by the launcher).
+CELERY_BEAT_SCHEDULE = {
+    "search-purge-expired": {"task": "retrieval.tasks.search_purge_expired", "schedule": 3600.0},
+}
 
 LOG_LEVEL = env.get_str("LANDMARKS_LOG_LEVEL", "INFO")
 LOGGING = {
