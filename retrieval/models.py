@@ -84,6 +84,30 @@ class Landmark(models.Model):
         return self.name
 
 
+# Stored photos are named after their content: the extension comes from the decoded
+# format (``retrieval.vision.preprocessing.image_format``) and is the only thing the
+# content type they are served with depends on, so a client cannot choose either.
+FORMAT_SUFFIXES = {
+    "JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif",
+}  # fmt: skip
+SUFFIX_CONTENT_TYPES = {
+    ".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".tif": "image/tiff", ".bmp": "image/bmp",
+    ".gif": "image/gif",
+}  # fmt: skip
+
+
+def image_suffix(image_format: str) -> str:
+    """The stored file's extension for a Pillow format name (``"PNG"`` -> ``".png"``)."""
+    return FORMAT_SUFFIXES[image_format]
+
+
+def image_content_type(name: str) -> str | None:
+    """The content type a stored file is served with; None for a name outside the mapping
+    (e.g. stored before names were derived from the format)."""
+    dot = name.rfind(".")
+    return SUFFIX_CONTENT_TYPES.get(name[dot:].lower()) if dot >= 0 else None
+
+
 def catalog_image_path(instance: CatalogImage, filename: str) -> str:
     return f"catalog/{instance.catalog_id}/{instance.sha256[:2]}/{instance.sha256}{_suffix(filename)}"
 
@@ -93,9 +117,11 @@ def query_image_path(instance: SearchQuery, filename: str) -> str:
 
 
 def _suffix(filename: str) -> str:
+    """The services pass a name made with :func:`image_suffix`; anything else (a client's
+    name) keeps no extension, so that it can never be served as HTML."""
     dot = filename.rfind(".")
     suffix = filename[dot:].lower() if dot >= 0 else ""
-    return suffix if len(suffix) <= 6 and suffix[1:].isalnum() else ""
+    return suffix if suffix in SUFFIX_CONTENT_TYPES else ""
 
 
 class CatalogImage(models.Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 import numpy as np
 from django.db import connection, transaction
@@ -108,6 +109,11 @@ def catalog_status_counts(*, catalog: Catalog) -> dict[str, int]:
 
 def search_get(*, query_id: int) -> SearchQuery | None:
     return SearchQuery.objects.select_related("catalog").filter(pk=query_id).first()
+
+
+def search_get_public(*, public_id: uuid.UUID) -> SearchQuery | None:
+    """The search behind a URL: by its unguessable id, never by the sequential one."""
+    return SearchQuery.objects.select_related("catalog").filter(public_id=public_id).first()
 
 
 def reindex_job_get(*, job_id: int) -> ReindexJob | None:

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 from django.conf import settings
@@ -38,6 +38,7 @@ from retrieval.models import (
     ReindexJob,
     SearchQuery,
     catalog_name_validator,
+    image_suffix,
 )
 from retrieval.vision import preprocessing
 from retrieval.vision.extractors.base import Extractor
@@ -99,6 +100,16 @@ def image_decode(*, data: bytes) -> np.ndarray:
         raise from_image_error(exc) from None
 
 
+def _stored_name(*, data: bytes, sha256: str) -> str:
+    """The stored file's name: its hash and the extension of its decoded format (never
+    the client's name, which could make a PNG be served as HTML)."""
+    try:
+        image_format = preprocessing.image_format(data)
+    except preprocessing.ImageError as exc:
+        raise from_image_error(exc) from None
+    return f"{sha256}{image_suffix(image_format)}"
+
+
 def image_ingest(
     *,
     catalog: Catalog,
@@ -130,7 +141,7 @@ def image_ingest(
         original_name=filename[-300:],
         external_id=external_id[:200],
     )
-    image.file.save(filename, ContentFile(data), save=False)
+    image.file.save(_stored_name(data=data, sha256=sha256), ContentFile(data), save=False)
     try:
         with transaction.atomic():
             image.save()
@@ -333,7 +344,8 @@ def search_create(
     """Store a query photo and enqueue its search once the transaction commits.
 
     With ``enqueue=False`` nothing is sent to the broker: the caller runs
-    :func:`search_execute` itself (``evaluate``).
+    :func:`search_execute` itself (``evaluate``). ``filename`` (the client's) is not
+    kept: the stored name derives from the content.
     """
     rgb = image_decode(data=data)
     if bbox is not None:
@@ -343,16 +355,18 @@ def search_create(
             raise InvalidInput(str(exc)) from None
     if not catalog.images.exists():
         raise InvalidInput(f"Catalog {catalog.name} has no images yet.")
+    sha256 = hashlib.sha256(data).hexdigest()
+    stored_name = _stored_name(data=data, sha256=sha256)
     query = SearchQuery(
         catalog=catalog,
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         width=rgb.shape[1],
         height=rgb.shape[0],
         bbox=bbox,
         top_k=top_k,
         created_at=timezone.now(),
     )
-    query.image.save(filename or "query.jpg", ContentFile(data), save=False)
+    query.image.save(stored_name, ContentFile(data), save=False)
     query.save()
     if enqueue and not _send("search_run", query.pk):
         message = "The search queue cannot be reached right now; try again in a minute."
@@ -398,6 +412,38 @@ def search_execute(*, query_id: int, task_id: str = "") -> SearchQuery | None:
         logger.exception("search %s failed", query_id)
         _fail_search(query, f"Search failed: {type(exc).__name__}: {exc}", timings)
     return query
+
+
+def search_purge_expired(*, now: datetime | None = None, batch_size: int = 500) -> int:
+    """Delete the searches older than ``LANDMARKS_QUERY_RETENTION_DAYS`` and their query
+    photos (Celery beat, hourly); 0 days keeps everything. Returns how many went.
+
+    Each batch's files go before its rows: an interrupted run leaves rows whose file is
+    missing, which the next run deletes, rather than files no row points to any more.
+    """
+    days = settings.LANDMARKS_QUERY_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    storage = SearchQuery._meta.get_field("image").storage
+    purged = 0
+    while True:
+        batch = list(
+            SearchQuery.objects.filter(created_at__lt=cutoff).order_by("pk").values_list("pk", "image")[:batch_size]
+        )
+        if not batch:
+            break
+        for _, name in batch:
+            if name:
+                try:
+                    storage.delete(name)
+                except FileNotFoundError:  # already gone: the row still goes
+                    pass
+        _, per_model = SearchQuery.objects.filter(pk__in=[pk for pk, _ in batch]).delete()
+        purged += per_model.get(SearchQuery._meta.label, 0)
+    if purged:
+        logger.info("purged %d searches older than %d days", purged, days)
+    return purged
 
 
 def _timed(timings: dict[str, float], stage: str, func: Callable[[], object]) -> object:

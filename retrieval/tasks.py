@@ -50,3 +50,11 @@ def work_sweep() -> None:
     from retrieval.recovery import work_sweep as sweep
 
     sweep()
+
+
+@shared_task(max_retries=3, **RETRY)
+def search_purge_expired() -> int:
+    """Periodic (celery beat): delete searches older than the retention period."""
+    from retrieval.services import search_purge_expired as purge
+
+    return purge()

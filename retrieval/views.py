@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import re
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -18,7 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from retrieval import selectors, services
 from retrieval.errors import InvalidInput, NotFound, RetrievalError
 from retrieval.forms import SearchForm
-from retrieval.models import CatalogImage, SearchQuery
+from retrieval.models import CatalogImage, SearchQuery, image_content_type
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +83,9 @@ def search_payload(request: HttpRequest, query: SearchQuery) -> dict[str, Any]:
         {"name": query.landmark_name, "confidence": query.landmark_confidence} if query.landmark_name else None
     )
     return {
-        "id": query.pk,
+        "id": str(query.public_id),
         "status": query.status,
-        "url": request.build_absolute_uri(reverse("api-search-detail", args=[query.pk])),
+        "url": request.build_absolute_uri(reverse("api-search-detail", args=[query.public_id])),
         "catalog": query.catalog.name,
         "model": str(query.model) if query.model_id else None,
         "query": {"width": query.width, "height": query.height, "bbox": query.bbox},
@@ -142,10 +146,14 @@ def _wait_for_search(query: SearchQuery, timeout: float) -> SearchQuery:
 
 @require_GET
 @json_errors
-def api_search_detail(request: HttpRequest, query_id: int) -> JsonResponse:
-    query = selectors.search_get(query_id=query_id)
+def api_search_detail(request: HttpRequest, public_id: str) -> JsonResponse:
+    # Any string reaches here so that an old integer id gets the API's JSON 404 too.
+    try:
+        query = selectors.search_get_public(public_id=uuid.UUID(public_id))
+    except ValueError:
+        query = None
     if query is None:
-        raise NotFound(f"No search with id {query_id}.")
+        raise NotFound(f"No search with id {public_id}.")
     return _search_response(request, query)
 
 
@@ -158,15 +166,15 @@ def search_page(request: HttpRequest) -> HttpResponse:
             form = SearchForm(request.POST)
             return render(request, "retrieval/search.html", {"form": form, "error": exc.message}, status=exc.http_status)
         _wait_for_search(query, settings.LANDMARKS_SEARCH_WAIT_SECONDS)
-        return redirect("search-detail", query_id=query.pk)
+        return redirect("search-detail", public_id=query.public_id)
     return render(request, "retrieval/search.html", {"form": SearchForm()})
 
 
 @require_GET
-def search_detail_page(request: HttpRequest, query_id: int) -> HttpResponse:
-    query = selectors.search_get(query_id=query_id)
+def search_detail_page(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
+    query = selectors.search_get_public(public_id=public_id)
     if query is None:
-        raise Http404(f"No search with id {query_id}.")
+        raise Http404(f"No search with id {public_id}.")
     payload = search_payload(request, query)
     return render(request, "retrieval/results.html", {"query": query, "payload": payload})
 
@@ -180,18 +188,27 @@ def catalog_image_file(request: HttpRequest, image_id: int) -> FileResponse:
 
 
 @require_GET
-def search_image_file(request: HttpRequest, query_id: int) -> FileResponse:
-    query = selectors.search_get(query_id=query_id)
+def search_image_file(request: HttpRequest, public_id: uuid.UUID) -> FileResponse:
+    query = selectors.search_get_public(public_id=public_id)
     if query is None:
-        raise Http404(f"No search with id {query_id}.")
+        raise Http404(f"No search with id {public_id}.")
     return _file_response(query.image)
 
 
-def _file_response(field: Any) -> FileResponse:
+def _file_response(field: FieldFile) -> FileResponse:
+    """A stored photo, typed by its extension (which the services derive from the decoded
+    format), so that no upload is ever rendered as a page."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "", os.path.basename(field.name or "")) or "image"
+    content_type = image_content_type(name)
     try:
         handle = field.open("rb")
     except FileNotFoundError:
         raise Http404("The stored file is missing.") from None
-    response = FileResponse(handle)
+    if content_type is None:
+        # Stored before names came from the format: offer it as a download, never inline.
+        response = FileResponse(handle, as_attachment=True, filename=name, content_type="application/octet-stream")
+    else:
+        response = FileResponse(handle, filename=name, content_type=content_type)
+    response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, max-age=3600"
     return response

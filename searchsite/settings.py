@@ -37,6 +37,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -46,6 +47,23 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "retrieval.middleware.ServiceUnavailableMiddleware",
 ]
+
+# Every response, pages, API, admin and stored photos, gets this policy (django-csp):
+# scripts and styles only from our static files, no plugins, no framing. The admin needs
+# nothing more (Django's admin templates have no inline script or style).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
+# Django's default, stated because stored uploads rely on it (SecurityMiddleware adds
+# the header to every response, FileResponse included).
+SECURE_CONTENT_TYPE_NOSNIFF = True
 
 ROOT_URLCONF = "searchsite.urls"
 WSGI_APPLICATION = "searchsite.wsgi.application"
@@ -122,6 +140,9 @@ LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
 LANDMARKS_VERIFY_EARLY_STOP = env.get_int("LANDMARKS_VERIFY_EARLY_STOP", 10, minimum=0)
 # Inliers for "same place"; unset: the value calibrated for the local feature in use.
 LANDMARKS_MIN_INLIERS = env.get_optional_int("LANDMARKS_MIN_INLIERS", minimum=4)
+# Query photos and their results are deleted this many days after the search (hourly
+# task search_purge_expired); 0 keeps them forever.
+LANDMARKS_QUERY_RETENTION_DAYS = env.get_int("LANDMARKS_QUERY_RETENTION_DAYS", 30, minimum=0)
 LANDMARKS_SEARCH_WAIT_SECONDS = env.get_float("LANDMARKS_SEARCH_WAIT_SECONDS", 60.0, minimum=0.0)
 # Requests per web process that may wait for a search result at once; the others answer
 # 202 with a URL to poll at once, so waiting searches never take every thread of the site.
@@ -146,6 +167,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "index"
 CELERY_TASK_ROUTES = {
+    # An exact name wins over the pattern: housekeeping never delays a person's search.
+    "retrieval.tasks.search_purge_expired": {"queue": "index"},
     "retrieval.tasks.search_*": {"queue": "search"},
     "retrieval.tasks.work_sweep": {"queue": "search"},  # short; must not wait behind a bulk import
 }
@@ -178,6 +201,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": LANDMARKS_SWEEP_SECONDS,
         "options": {"queue": "search", "expires": LANDMARKS_SWEEP_SECONDS},
     },
+    "search-purge-expired": {"task": "retrieval.tasks.search_purge_expired", "schedule": 3600.0},
 }
 
 LOG_LEVEL = env.get_str("LANDMARKS_LOG_LEVEL", "INFO")

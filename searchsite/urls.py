@@ -5,10 +5,10 @@ from retrieval import views
 
 urlpatterns = [
     path("", views.search_page, name="search"),
-    path("searches/<int:query_id>/", views.search_detail_page, name="search-detail"),
-    path("searches/<int:query_id>/image", views.search_image_file, name="search-image-file"),
+    path("searches/<uuid:public_id>/", views.search_detail_page, name="search-detail"),
+    path("searches/<uuid:public_id>/image", views.search_image_file, name="search-image-file"),
     path("images/<int:image_id>/file", views.catalog_image_file, name="catalog-image-file"),
     path("api/search", views.api_search, name="api-search"),
-    path("api/search/<int:query_id>", views.api_search_detail, name="api-search-detail"),
+    path("api/search/<str:public_id>", views.api_search_detail, name="api-search-detail"),
     path("admin/", admin.site.urls),
 ]

@@ -41,6 +41,36 @@ class ImageTooSmallError(ImageError):
     pass
 
 
+# Pillow format names of the uploads we accept; the stored file's extension and the
+# content type it is served with derive from this, never from the client's file name.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF"})
+
+
+def image_format(data: bytes) -> str:
+    """The Pillow format name of an encoded image (e.g. ``"JPEG"``), from its header only.
+
+    Raises:
+        NotAnImageError: not an image, or a format outside ``SUPPORTED_FORMATS``.
+    """
+    if not data:
+        raise EmptyImageError("The file is empty (0 bytes).")
+    try:
+        with warnings.catch_warnings():
+            # Only the header is parsed here: the pixel cap is decode_image's job.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                fmt = image.format or ""
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError("The image has too many pixels.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        fmt = ""
+    if fmt not in SUPPORTED_FORMATS:
+        raise NotAnImageError(
+            "The file is not an image in a supported format (JPEG, PNG, WebP, TIFF, BMP, GIF)."
+        )
+    return fmt
+
+
 def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 32) -> np.ndarray:
     """Decode, validate and normalise an uploaded image.
 

@@ -1,4 +1,5 @@
-"""The admin's multi-file upload page puts photos into a catalog with a landmark."""
+"""The admin's multi-file upload page puts photos into a catalog with a landmark, for
+those allowed to."""
 
 from __future__ import annotations
 
@@ -61,3 +62,54 @@ def test_the_admin_lists_images_with_status(admin_client_logged_in: Client) -> N
     response = admin_client_logged_in.get("/admin/retrieval/catalogimage/")
     assert response.status_code == 200
     assert "Upload photos" in response.content.decode() and "pending" in response.content.decode()
+
+
+def _staff(django_user_model, *permissions: str) -> Client:
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("editor", password="x", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=permissions))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_staff_without_permissions_gets_403_and_stores_nothing(django_user_model) -> None:
+    client = _staff(django_user_model)
+    assert client.get("/admin/retrieval/catalogimage/upload/").status_code == 403
+    response = client.post("/admin/retrieval/catalogimage/upload/", {"new_catalog": "museum", "files": _files("rocket")})
+    assert response.status_code == 403
+    assert not Catalog.objects.exists() and not CatalogImage.objects.exists()
+
+
+def test_staff_who_may_add_images_uploads_into_an_existing_catalog(django_user_model) -> None:
+    catalog = Catalog.objects.create(name="museum")
+    client = _staff(django_user_model, "add_catalogimage", "view_catalogimage")
+    response = client.post("/admin/retrieval/catalogimage/upload/", {"catalog": catalog.pk, "files": _files("rocket")})
+    assert response.status_code == 302
+    assert catalog.images.count() == 1
+
+
+def test_staff_who_may_add_images_but_not_catalogs_cannot_create_one(django_user_model) -> None:
+    client = _staff(django_user_model, "add_catalogimage", "view_catalogimage")
+    response = client.post("/admin/retrieval/catalogimage/upload/", {"new_catalog": "museum", "files": _files("rocket")})
+    assert response.status_code == 200
+    assert "You may not create catalogs" in response.content.decode()
+    assert not Catalog.objects.exists() and not CatalogImage.objects.exists()
+
+
+def test_the_upload_link_is_hidden_from_staff_who_may_not_add_images(django_user_model) -> None:
+    client = _staff(django_user_model, "view_catalogimage")
+    response = client.get("/admin/retrieval/catalogimage/")
+    assert response.status_code == 200
+    assert "Upload photos" not in response.content.decode()
+
+
+def test_a_superuser_still_creates_a_catalog_and_uploads(admin_client_logged_in: Client) -> None:
+    response = admin_client_logged_in.get("/admin/retrieval/catalogimage/upload/")
+    assert response.status_code == 200
+    response = admin_client_logged_in.post(
+        "/admin/retrieval/catalogimage/upload/", {"new_catalog": "museum", "files": _files("rocket")}
+    )
+    assert response.status_code == 302
+    assert Catalog.objects.get(name="museum").images.count() == 1

@@ -71,9 +71,25 @@ def test_an_invalid_bbox_gets_400(client: Client, catalog) -> None:
 
 
 def test_an_unknown_search_id_gets_404(client: Client) -> None:
-    response = client.get("/api/search/987654")
+    response = client.get("/api/search/0b7e3b0c-3c55-4a8e-9d7e-7f1d8f0b3a11")
     assert response.status_code == 404
-    assert "987654" in response.json()["error"]
+    assert "0b7e3b0c-3c55-4a8e-9d7e-7f1d8f0b3a11" in response.json()["error"]
+
+
+def test_a_search_is_reached_by_its_uuid(client: Client, catalog) -> None:
+    body = _post(client, encode(load_photo("coffee.png")), wait="0").json()
+    query = SearchQuery.objects.get()
+    assert body["id"] == str(query.public_id)
+    assert client.get(f"/api/search/{query.public_id}").status_code == 202
+    assert client.get(f"/searches/{query.public_id}/").status_code == 200
+    assert client.get(f"/searches/{query.public_id}/image").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/search/{pk}", "/searches/{pk}/", "/searches/{pk}/image"])
+def test_the_sequential_id_of_a_search_gets_404(client: Client, catalog, path: str) -> None:
+    _post(client, encode(load_photo("coffee.png")), wait="0")
+    query = SearchQuery.objects.get()
+    assert client.get(path.format(pk=query.pk)).status_code == 404
 
 
 def test_search_in_an_empty_catalog_gets_400(client: Client) -> None:
@@ -89,6 +105,7 @@ def test_search_answers_202_with_a_poll_url_when_no_worker_answers_in_time(clien
     body = response.json()
     assert body["status"] == "pending"
     assert body["url"].endswith(f"/api/search/{body['id']}")
+    assert response["Location"] == body["url"]
     assert client.get(body["url"]).status_code == 202
 
 

@@ -115,3 +115,14 @@ def test_resize_long_side_shrinks_and_enlarges_keeping_the_aspect() -> None:
     assert pp.resize_long_side(image, 1024).shape == (512, 1024, 3)
     assert pp.resize_long_side(image, 150).shape == (75, 150, 3)
     assert pp.resize_long_side(image, 600) is image
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"])
+def test_image_format_names_the_decoded_format(photo: np.ndarray, fmt: str) -> None:
+    assert pp.image_format(encode(photo, fmt)) == fmt
+
+
+@pytest.mark.parametrize("data", [b"<html><script>alert(1)</script></html>", b"P6 2 2 255 ............"])
+def test_image_format_refuses_anything_else(data: bytes) -> None:
+    with pytest.raises(pp.NotAnImageError, match="supported format"):
+        pp.image_format(data)

@@ -1,0 +1,13 @@
+// Draws inlier correspondences on the results page (a static file: the CSP allows no inline script).
+// Map original-pixel points into each 490x400 letterboxed panel.
+document.querySelectorAll("g.matches").forEach(function (g) {
+  function fit(w, h) { var s = Math.min(490 / w, 400 / h); return [s, (490 - w * s) / 2, (400 - h * s) / 2]; }
+  var q = fit(+g.dataset.qw, +g.dataset.qh), c = fit(+g.dataset.cw, +g.dataset.ch);
+  (g.dataset.points || "").split(";").filter(Boolean).forEach(function (p) {
+    var v = p.split(",").map(Number);
+    var line = document.createElementNS("http://www.w3.org/2000/svg", "line");
+    line.setAttribute("x1", q[1] + v[0] * q[0]); line.setAttribute("y1", q[2] + v[1] * q[0]);
+    line.setAttribute("x2", 510 + c[1] + v[2] * c[0]); line.setAttribute("y2", c[2] + v[3] * c[0]);
+    g.appendChild(line);
+  });
+});
