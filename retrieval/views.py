@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -103,8 +104,9 @@ def _search_response(request: HttpRequest, query: SearchQuery) -> JsonResponse:
 def api_search(request: HttpRequest) -> JsonResponse:
     """POST multipart ``image`` (+ ``catalog``, ``top_k``, ``bbox``): 200 with results,
     202 with a URL to poll when the workers take longer than the wait limit."""
+    timeout = _wait_seconds(request)  # validated before anything is stored
     query = _create_search(request)
-    query = services.search_wait(query_id=query.pk, timeout=_wait_seconds(request))
+    query = services.search_wait(query_id=query.pk, timeout=timeout)
     return _search_response(request, query)
 
 
@@ -114,9 +116,12 @@ def _wait_seconds(request: HttpRequest) -> float:
     if raw is None:
         return limit
     try:
-        return max(0.0, min(float(raw), limit))
+        seconds = float(raw)
     except ValueError:
         raise InvalidInput("wait must be a number of seconds.") from None
+    if not math.isfinite(seconds):
+        raise InvalidInput("wait must be a finite number of seconds (no nan or inf).")
+    return max(0.0, min(seconds, limit))
 
 
 @require_GET

@@ -8,6 +8,7 @@ else raises a subclass of :class:`ImageError` whose message can be shown to a us
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import numpy as np
@@ -146,6 +147,8 @@ def crop_bbox(image: np.ndarray, bbox: tuple[float, float, float, float] | None)
     if bbox is None:
         return image, (0, 0)
     height, width = image.shape[:2]
+    if not all(math.isfinite(v) for v in bbox):
+        raise ImageError(f"The box {list(bbox)} has a coordinate that is not a finite number.")
     x1, y1, x2, y2 = (int(round(v)) for v in bbox)
     x1, y1, x2, y2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
     if x2 - x1 < 8 or y2 - y1 < 8:

@@ -70,6 +70,29 @@ def test_an_invalid_bbox_gets_400(client: Client, catalog) -> None:
     assert "bbox" in response.json()["error"]
 
 
+@pytest.mark.parametrize("bbox", ["nan,nan,nan,nan", "0,0,nan,100", "0,0,inf,100", "-inf,0,10,10"])
+def test_a_non_finite_bbox_gets_400(client: Client, catalog, bbox: str) -> None:
+    response = _post(client, encode(load_photo("coffee.png")), bbox=bbox)
+    assert response.status_code == 400
+    assert "finite" in response.json()["error"]
+    assert SearchQuery.objects.count() == 0
+
+
+@pytest.mark.parametrize("top_k", ["nan", "inf", "1e400"])
+def test_a_non_finite_top_k_gets_400(client: Client, catalog, top_k: str) -> None:
+    response = _post(client, encode(load_photo("coffee.png")), top_k=top_k)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("top_k:")
+
+
+@pytest.mark.parametrize("wait", ["nan", "inf", "-inf"])
+def test_a_non_finite_wait_gets_400(client: Client, catalog, wait: str) -> None:
+    response = _post(client, encode(load_photo("coffee.png")), wait=wait)
+    assert response.status_code == 400
+    assert "finite" in response.json()["error"]
+    assert SearchQuery.objects.count() == 0
+
+
 def test_an_unknown_search_id_gets_404(client: Client) -> None:
     response = client.get("/api/search/987654")
     assert response.status_code == 404

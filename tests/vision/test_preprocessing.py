@@ -110,6 +110,11 @@ def test_crop_bbox_refuses_a_box_outside_the_image(photo: np.ndarray) -> None:
         pp.crop_bbox(photo, (5000, 5000, 6000, 6000))
 
 
+def test_crop_bbox_refuses_a_box_with_a_non_finite_coordinate(photo: np.ndarray) -> None:
+    with pytest.raises(pp.ImageError, match="not a finite number"):
+        pp.crop_bbox(photo, (0, 0, float("nan"), 100))
+
+
 def test_resize_long_side_shrinks_and_enlarges_keeping_the_aspect() -> None:
     image = np.zeros((300, 600, 3), np.uint8)
     assert pp.resize_long_side(image, 1024).shape == (512, 1024, 3)
