@@ -92,6 +92,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = LANDMARKS_MAX_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_NUMBER_FILES = env.get_int("LANDMARKS_MAX_FILES_PER_UPLOAD", 500, minimum=1)
 LANDMARKS_MAX_IMAGE_PIXELS = env.get_int("LANDMARKS_MAX_IMAGE_PIXELS", 50_000_000, minimum=1024)
+# Query photos: far lower, since anyone can send them (a worker decodes 3 bytes a pixel,
+# the extractor more); the web process reads only the header of either kind.
+LANDMARKS_MAX_QUERY_PIXELS = env.get_int("LANDMARKS_MAX_QUERY_PIXELS", 16_000_000, minimum=1024)
 LANDMARKS_MIN_IMAGE_SIDE = env.get_int("LANDMARKS_MIN_IMAGE_SIDE", 32, minimum=1)
 
 # Feature extraction and search.

@@ -100,6 +100,40 @@ def test_it_applies_exif_orientation(photo: np.ndarray) -> None:
     assert out.shape == (photo.shape[1], photo.shape[0], 3)
 
 
+def test_read_header_gives_size_and_format_without_decoding(photo: np.ndarray) -> None:
+    data = encode(photo)
+    header = pp.read_header(data[: len(data) // 2])  # truncated pixels: only decoding finds out
+    assert header == pp.ImageHeader(width=451, height=300, format="JPEG")
+
+
+def test_read_header_swaps_the_sides_for_a_rotating_exif_orientation(photo: np.ndarray) -> None:
+    image = Image.fromarray(photo)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    header = pp.read_header(encode(image, "JPEG", exif=exif))
+    assert (header.width, header.height) == (300, 451)
+
+
+def test_read_header_refuses_an_image_over_the_pixel_cap_without_decoding() -> None:
+    data = encode(Image.new("L", (7000, 7000)), "PNG")  # 49 megapixels in ~50 kB
+    with pytest.raises(pp.ImageTooLargeError, match="the limit is 16,000,000"):
+        pp.read_header(data, max_pixels=16_000_000)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [(b"", pp.EmptyImageError), (b"not an image" * 20, pp.NotAnImageError)],
+)
+def test_read_header_refuses_what_decode_image_refuses_from_the_header(data: bytes, error: type) -> None:
+    with pytest.raises(error):
+        pp.read_header(data)
+
+
+def test_read_header_refuses_images_smaller_than_the_minimum_side() -> None:
+    with pytest.raises(pp.ImageTooSmallError, match="at least 32"):
+        pp.read_header(encode(np.zeros((20, 200, 3), np.uint8), "PNG"), min_side=32)
+
+
 def test_crop_bbox_returns_the_region_and_its_offset(photo: np.ndarray) -> None:
     crop, offset = pp.crop_bbox(photo, (10, 20, 110, 220))
     assert crop.shape == (200, 100, 3) and offset == (10, 20)
