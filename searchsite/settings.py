@@ -36,6 +36,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "searchsite.middleware.RequestBodyLimitMiddleware",  # first: refuses before the body is read
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -88,7 +89,14 @@ WHITENOISE_USE_FINDERS = True  # serve admin assets without a collectstatic step
 
 # Uploads: anything larger than this is refused before it is decoded.
 LANDMARKS_MAX_UPLOAD_BYTES = env.get_int("LANDMARKS_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = LANDMARKS_MAX_UPLOAD_BYTES + 1024 * 1024
+# Multipart boundaries and the small form fields sent next to one photo.
+LANDMARKS_FORM_OVERHEAD_BYTES = 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = LANDMARKS_MAX_UPLOAD_BYTES + LANDMARKS_FORM_OVERHEAD_BYTES
+# Whole request bodies: searchsite.middleware answers 413 from Content-Length before the
+# body is read. Admin pages take bulk uploads of many photos; 256 MiB is ~50 phone photos
+# a batch (streamed to temporary files, not held in memory); larger catalogs go through
+# `manage.py import_catalog`. Every other path: one upload + the form overhead.
+LANDMARKS_MAX_REQUEST_BYTES = env.get_int("LANDMARKS_MAX_REQUEST_BYTES", 256 * 1024 * 1024, minimum=1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_NUMBER_FILES = env.get_int("LANDMARKS_MAX_FILES_PER_UPLOAD", 500, minimum=1)
 LANDMARKS_MAX_IMAGE_PIXELS = env.get_int("LANDMARKS_MAX_IMAGE_PIXELS", 50_000_000, minimum=1024)
