@@ -9,14 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.contrib import admin
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_ratelimit.decorators import ratelimit
 
 from retrieval import selectors, services
-from retrieval.errors import InvalidInput, NotFound, RetrievalError
+from retrieval.errors import InvalidInput, NotFound, RateLimited, RetrievalError
 from retrieval.forms import SearchForm
 from retrieval.models import CatalogImage, SearchQuery
 
@@ -26,6 +28,34 @@ logger = logging.getLogger(__name__)
 def error_response(exc: RetrievalError) -> JsonResponse:
     """The one place where application errors become HTTP answers."""
     return JsonResponse({"error": exc.message}, status=exc.http_status)
+
+
+def search_rate(group: str, request: HttpRequest) -> str:
+    return settings.LANDMARKS_SEARCH_RATE
+
+
+def login_rate(group: str, request: HttpRequest) -> str:
+    return settings.LANDMARKS_LOGIN_RATE
+
+
+# Searches from the API and the form share one budget per client IP.
+search_rate_limit = ratelimit(group="search", key="ip", rate=search_rate, method="POST")
+
+
+def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """``RATELIMIT_VIEW``: the one place where django-ratelimit's ``Ratelimited`` becomes a 429."""
+    match = request.resolver_match
+    if match is not None and match.url_name == "admin-login":
+        exc = RateLimited(f"Too many login attempts (limit {settings.LANDMARKS_LOGIN_RATE}); wait and try again.")
+    else:
+        exc = RateLimited(f"Too many searches (limit {settings.LANDMARKS_SEARCH_RATE}); wait and try again.")
+    logger.warning("rate limited %s %s from %s", request.method, request.path, request.META.get("REMOTE_ADDR"))
+    if request.path.startswith("/api/"):
+        return error_response(exc)
+    if match is not None and match.url_name == "search":
+        return render(request, "retrieval/search.html", {"form": SearchForm(), "error": exc.message}, status=429)
+    page = f"<!doctype html><title>Too many requests</title><h1>Too many requests</h1><p>{exc.message}</p>"
+    return HttpResponse(page, status=exc.http_status)
 
 
 def json_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -100,6 +130,7 @@ def _search_response(request: HttpRequest, query: SearchQuery) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
+@search_rate_limit
 @json_errors
 def api_search(request: HttpRequest) -> JsonResponse:
     """POST multipart ``image`` (+ ``catalog``, ``top_k``, ``bbox``): 200 with results,
@@ -134,6 +165,7 @@ def api_search_detail(request: HttpRequest, query_id: int) -> JsonResponse:
 
 
 @require_http_methods(["GET", "POST"])
+@search_rate_limit
 def search_page(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         try:
@@ -179,3 +211,10 @@ def _file_response(field: Any) -> FileResponse:
     response = FileResponse(handle)
     response["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+@ratelimit(group="admin-login-ip", key="ip", rate=login_rate, method="POST")
+@ratelimit(group="admin-login-username", key="post:username", rate=login_rate, method="POST")
+def admin_login(request: HttpRequest) -> HttpResponse:
+    """The admin's login page, rate limited per client IP and per username."""
+    return admin.site.login(request)

@@ -46,3 +46,11 @@ class RequestBodyLimitMiddleware:
             return JsonResponse({"error": message}, status=413)
         page = f"<!doctype html><title>Request too large</title><h1>Request too large</h1><p>{message}</p>"
         return HttpResponse(page, status=413)
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client's address for the rate limits (``RATELIMIT_IP_META_KEY``) behind a proxy:
+    the last entry of ``LANDMARKS_CLIENT_IP_HEADER``, the one the trusted proxy added."""
+    forwarded = request.META.get(settings.LANDMARKS_CLIENT_IP_HEADER or "", "")
+    entries = [entry.strip() for entry in forwarded.split(",") if entry.strip()]
+    return entries[-1] if entries else request.META.get("REMOTE_ADDR", "")

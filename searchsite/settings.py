@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 
@@ -32,6 +33,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_ratelimit",
     "retrieval",
 ]
 
@@ -45,6 +47,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_ratelimit.middleware.RatelimitMiddleware",  # Ratelimited -> RATELIMIT_VIEW (429)
 ]
 
 ROOT_URLCONF = "searchsite.urls"
@@ -104,6 +107,43 @@ LANDMARKS_MAX_IMAGE_PIXELS = env.get_int("LANDMARKS_MAX_IMAGE_PIXELS", 50_000_00
 # the extractor more); the web process reads only the header of either kind.
 LANDMARKS_MAX_QUERY_PIXELS = env.get_int("LANDMARKS_MAX_QUERY_PIXELS", 16_000_000, minimum=1024)
 LANDMARKS_MIN_IMAGE_SIDE = env.get_int("LANDMARKS_MIN_IMAGE_SIDE", 32, minimum=1)
+
+# Rate limits (django-ratelimit), counted per client IP in the Redis cache below, which
+# every gunicorn process shares: searches (API and form together) and admin logins (per
+# IP and per username). Redis down: the cache ignores the errors and the limits are
+# off (fail open), so the site keeps answering.
+LANDMARKS_SEARCH_RATE = env.get_rate("LANDMARKS_SEARCH_RATE", "30/m")
+LANDMARKS_LOGIN_RATE = env.get_rate("LANDMARKS_LOGIN_RATE", "10/m")
+RATELIMIT_VIEW = "retrieval.views.rate_limited"
+RATELIMIT_FAIL_OPEN = True
+# Behind a reverse proxy every request comes from the proxy: name the META key of the
+# header that carries the client's address (e.g. HTTP_X_FORWARDED_FOR; the last entry,
+# the one the proxy added, is used).
+LANDMARKS_CLIENT_IP_HEADER = env.get_optional_str("LANDMARKS_CLIENT_IP_HEADER")
+RATELIMIT_IP_META_KEY = "searchsite.middleware.client_ip" if LANDMARKS_CLIENT_IP_HEADER else None
+
+
+def _redis_db(url: str, db: int) -> str:
+    """``url`` with another database number (redis:// and rediss:// URLs)."""
+    parts = urlsplit(url)
+    return parts._replace(path=f"/{db}").geturl() if parts.scheme in ("redis", "rediss") else url
+
+
+# The broker uses REDIS_URL's database; the cache another one, so that clearing either
+# never touches the other.
+LANDMARKS_CACHE_URL = env.get_optional_str("LANDMARKS_CACHE_URL") or _redis_db(REDIS_URL, 1)
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": LANDMARKS_CACHE_URL,
+        "KEY_PREFIX": "landmarks",
+        "OPTIONS": {
+            "IGNORE_EXCEPTIONS": True,  # Redis down: a cache miss, never a 500
+            "SOCKET_CONNECT_TIMEOUT": 0.5,
+            "SOCKET_TIMEOUT": 0.5,
+        },
+    }
+}
 
 # Feature extraction and search.
 LANDMARKS_EXTRACTOR = env.get_str("LANDMARKS_EXTRACTOR", "effnet-lite2-dense")
