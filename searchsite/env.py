@@ -111,3 +111,13 @@ def get_rate(name: str, default: str) -> str:
     if not _RATE.fullmatch(raw):
         raise ImproperlyConfigured(f"{name} must be a rate such as 30/m or 100/h (s, m, h, d), got {raw!r}")
     return raw
+
+
+def get_optional_pair(name: str) -> tuple[str, str] | None:
+    """Two comma-separated strings, e.g. ``HTTP_X_FORWARDED_PROTO,https``; None when unset."""
+    items = get_list(name, [])
+    if not items:
+        return None
+    if len(items) != 2:
+        raise ImproperlyConfigured(f"{name} must be two comma-separated values, got {os.environ.get(name)!r}")
+    return items[0], items[1]

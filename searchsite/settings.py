@@ -26,6 +26,21 @@ DEBUG = env.get_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env.get_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.get_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
+# HTTPS. Off by default so that `make run` works over plain http. DJANGO_HTTPS=true turns
+# the secure set on at once (SSL redirect, secure cookies, one year of HSTS with
+# subdomains and preload: what `check --deploy` asks for); each variable below overrides
+# its part, e.g. DJANGO_SECURE_HSTS_SECONDS=3600 while trying HTTPS out.
+HTTPS = env.get_bool("DJANGO_HTTPS", False)
+SECURE_SSL_REDIRECT = env.get_bool("DJANGO_SECURE_SSL_REDIRECT", HTTPS)
+SESSION_COOKIE_SECURE = env.get_bool("DJANGO_SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env.get_bool("DJANGO_CSRF_COOKIE_SECURE", HTTPS)
+SECURE_HSTS_SECONDS = env.get_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.get_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env.get_bool("DJANGO_SECURE_HSTS_PRELOAD", HTTPS)
+# Behind a TLS-terminating proxy: the header (as a META key) and value that mean "https",
+# e.g. HTTP_X_FORWARDED_PROTO,https. Only set it when the proxy always sets that header.
+SECURE_PROXY_SSL_HEADER = env.get_optional_pair("DJANGO_SECURE_PROXY_SSL_HEADER")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
