@@ -3,7 +3,7 @@
 Measures what a user sees: is a photo of the right landmark at rank 1, the recognised
 landmark, and the time of each search stage (medians over the queries).
 
-    make run                      # in one terminal
+    LANDMARKS_SEARCH_RATE=100000/m make run   # in one terminal (lift the per-IP search limit)
     .venv/bin/python manage.py import_catalog ../shared/datasets/paris5/dataset.json --catalog paris5 --wait
     .venv/bin/python bench/search_api.py ../shared/datasets/paris5 --catalog paris5 --url http://127.0.0.1:8000
 """

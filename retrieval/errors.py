@@ -41,6 +41,12 @@ class DuplicateImage(RetrievalError):
     http_status = 409
 
 
+class RateLimited(RetrievalError):
+    """Too many requests from one client (django-ratelimit; see ``views.rate_limited``)."""
+
+    http_status = 429
+
+
 class ServiceUnavailable(RetrievalError):
     http_status = 503
 

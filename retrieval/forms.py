@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from django import forms
 
 from retrieval.models import Catalog
@@ -31,6 +33,8 @@ def parse_bbox(raw: str) -> list[float] | None:
         values = [float(v) for v in raw.replace(" ", ",").split(",") if v]
     except ValueError:
         raise forms.ValidationError("bbox must be four numbers: x1,y1,x2,y2.") from None
+    if not all(math.isfinite(v) for v in values):
+        raise forms.ValidationError("bbox must be four finite numbers (no nan or inf): x1,y1,x2,y2.")
     if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
         raise forms.ValidationError("bbox must be four numbers x1,y1,x2,y2 with x1 < x2 and y1 < y2.")
     return values

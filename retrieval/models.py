@@ -85,7 +85,7 @@ class Landmark(models.Model):
 
 
 # Stored photos are named after their content: the extension comes from the decoded
-# format (``retrieval.vision.preprocessing.image_format``) and is the only thing the
+# format (``retrieval.vision.preprocessing.read_header``) and is the only thing the
 # content type they are served with depends on, so a client cannot choose either.
 FORMAT_SUFFIXES = {
     "JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif",

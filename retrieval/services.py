@@ -86,28 +86,50 @@ class IngestResult:
     created: bool
 
 
-def image_decode(*, data: bytes) -> np.ndarray:
-    """Validate an upload; returns (H, W, 3) uint8 RGB or raises an InvalidImage."""
+def _check_upload_size(data: bytes) -> None:
     if len(data) > settings.LANDMARKS_MAX_UPLOAD_BYTES:
         raise PayloadTooLarge(
             f"The file is {len(data):,} bytes; the limit is {settings.LANDMARKS_MAX_UPLOAD_BYTES:,}."
         )
+
+
+def image_inspect(*, data: bytes, max_pixels: int | None = None) -> preprocessing.ImageHeader:
+    """Validate an upload from its header alone (web process): bytes, format, upright
+    size, pixel cap (default ``LANDMARKS_MAX_IMAGE_PIXELS``) and minimum side.
+
+    The pixels are not decoded here, so a 49-megapixel PNG of a few KB costs the web
+    process nothing; the worker decodes (:func:`image_decode`) and fails the row with the
+    reason when the data turns out truncated or corrupt.
+    """
+    _check_upload_size(data)
     try:
-        return preprocessing.decode_image(
-            data, max_pixels=settings.LANDMARKS_MAX_IMAGE_PIXELS, min_side=settings.LANDMARKS_MIN_IMAGE_SIDE
+        return preprocessing.read_header(
+            data,
+            max_pixels=max_pixels or settings.LANDMARKS_MAX_IMAGE_PIXELS,
+            min_side=settings.LANDMARKS_MIN_IMAGE_SIDE,
         )
     except preprocessing.ImageError as exc:
         raise from_image_error(exc) from None
 
 
-def _stored_name(*, data: bytes, sha256: str) -> str:
-    """The stored file's name: its hash and the extension of its decoded format (never
-    the client's name, which could make a PNG be served as HTML)."""
+def image_decode(*, data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Validate and decode an upload (workers, commands); returns (H, W, 3) uint8 RGB or
+    raises an InvalidImage. ``max_pixels`` defaults to ``LANDMARKS_MAX_IMAGE_PIXELS``."""
+    _check_upload_size(data)
     try:
-        image_format = preprocessing.image_format(data)
+        return preprocessing.decode_image(
+            data,
+            max_pixels=max_pixels or settings.LANDMARKS_MAX_IMAGE_PIXELS,
+            min_side=settings.LANDMARKS_MIN_IMAGE_SIDE,
+        )
     except preprocessing.ImageError as exc:
         raise from_image_error(exc) from None
-    return f"{sha256}{image_suffix(image_format)}"
+
+
+def _stored_name(*, header: preprocessing.ImageHeader, sha256: str) -> str:
+    """The stored file's name: its hash and the extension of its decoded format (never
+    the client's name, which could make a PNG be served as HTML)."""
+    return f"{sha256}{image_suffix(header.format)}"
 
 
 def image_ingest(
@@ -118,14 +140,21 @@ def image_ingest(
     landmark: Landmark | None = None,
     external_id: str = "",
     enqueue: bool = True,
+    decode: bool = False,
 ) -> IngestResult:
     """Store a catalog photo and enqueue its indexing once the transaction commits.
 
     A file already in the catalog (same sha256) is not stored or indexed again: the
     existing image comes back with ``created=False``. With ``enqueue=False`` nothing is
     sent to the broker: the caller runs :func:`image_index` itself (``evaluate``).
+
+    Only the header is read (web process); the worker decodes and fails the image when
+    its pixels are corrupt. ``decode=True`` decodes them now, so that a command can
+    report a corrupt file at once (``import_catalog``).
     """
-    rgb = image_decode(data=data)
+    header = image_inspect(data=data)
+    if decode:
+        image_decode(data=data)
     sha256 = hashlib.sha256(data).hexdigest()
     existing = CatalogImage.objects.filter(catalog=catalog, sha256=sha256).first()
     if existing is not None:
@@ -136,12 +165,12 @@ def image_ingest(
         catalog=catalog,
         landmark=landmark,
         sha256=sha256,
-        width=rgb.shape[1],
-        height=rgb.shape[0],
+        width=header.width,
+        height=header.height,
         original_name=filename[-300:],
         external_id=external_id[:200],
     )
-    image.file.save(_stored_name(data=data, sha256=sha256), ContentFile(data), save=False)
+    image.file.save(_stored_name(header=header, sha256=sha256), ContentFile(data), save=False)
     try:
         with transaction.atomic():
             image.save()
@@ -343,25 +372,28 @@ def search_create(
 ) -> SearchQuery:
     """Store a query photo and enqueue its search once the transaction commits.
 
+    Only the header is read here (:func:`image_inspect`, ``LANDMARKS_MAX_QUERY_PIXELS``);
+    the worker decodes the pixels and fails the search when they are corrupt.
+
     With ``enqueue=False`` nothing is sent to the broker: the caller runs
     :func:`search_execute` itself (``evaluate``). ``filename`` (the client's) is not
     kept: the stored name derives from the content.
     """
-    rgb = image_decode(data=data)
+    header = image_inspect(data=data, max_pixels=settings.LANDMARKS_MAX_QUERY_PIXELS)
     if bbox is not None:
         try:
-            preprocessing.crop_bbox(rgb, tuple(bbox))  # type: ignore[arg-type]
+            preprocessing.bbox_window(header.width, header.height, tuple(bbox))  # type: ignore[arg-type]
         except preprocessing.ImageError as exc:
             raise InvalidInput(str(exc)) from None
     if not catalog.images.exists():
         raise InvalidInput(f"Catalog {catalog.name} has no images yet.")
     sha256 = hashlib.sha256(data).hexdigest()
-    stored_name = _stored_name(data=data, sha256=sha256)
+    stored_name = _stored_name(header=header, sha256=sha256)
     query = SearchQuery(
         catalog=catalog,
         sha256=sha256,
-        width=rgb.shape[1],
-        height=rgb.shape[0],
+        width=header.width,
+        height=header.height,
         bbox=bbox,
         top_k=top_k,
         created_at=timezone.now(),
@@ -457,6 +489,15 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
     from retrieval.extraction import get_extractor
 
     started = time.perf_counter()
+
+    def decode() -> np.ndarray:
+        with query.image.open("rb") as handle:
+            rgb = image_decode(data=handle.read(), max_pixels=settings.LANDMARKS_MAX_QUERY_PIXELS)
+        crop, _ = preprocessing.crop_bbox(rgb, tuple(query.bbox) if query.bbox else None)  # type: ignore[arg-type]
+        return crop
+
+    # First, so that a corrupt upload fails the search without loading a model.
+    crop = _timed(timings, "decode", decode)
     # Search with the model that serves the catalog (its rows are complete), which during
     # a switch is the old one; fall back to the catalog's configured extractor.
     active = query.catalog.active_model
@@ -469,13 +510,6 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
             query.catalog.name, query.catalog.active_model, model, model,
         )  # fmt: skip
 
-    def decode() -> np.ndarray:
-        with query.image.open("rb") as handle:
-            rgb = image_decode(data=handle.read())
-        crop, _ = preprocessing.crop_bbox(rgb, tuple(query.bbox) if query.bbox else None)  # type: ignore[arg-type]
-        return crop
-
-    crop = _timed(timings, "decode", decode)
     features: ImageFeatures = _timed(timings, "extract", lambda: extractor.extract_query(crop))  # type: ignore[assignment]
     if query.bbox:
         offset = np.array(query.bbox[:2], np.float32).round()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import threading
@@ -12,15 +13,17 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.contrib import admin
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_ratelimit.decorators import ratelimit
 
 from retrieval import selectors, services
-from retrieval.errors import InvalidInput, NotFound, RetrievalError
+from retrieval.errors import InvalidInput, NotFound, RateLimited, RetrievalError
 from retrieval.forms import SearchForm
 from retrieval.models import CatalogImage, SearchQuery, image_content_type
 
@@ -33,6 +36,34 @@ def error_response(exc: RetrievalError) -> JsonResponse:
     if exc.http_status == 503:
         response["Retry-After"] = "30"
     return response
+
+
+def search_rate(group: str, request: HttpRequest) -> str:
+    return settings.LANDMARKS_SEARCH_RATE
+
+
+def login_rate(group: str, request: HttpRequest) -> str:
+    return settings.LANDMARKS_LOGIN_RATE
+
+
+# Searches from the API and the form share one budget per client IP.
+search_rate_limit = ratelimit(group="search", key="ip", rate=search_rate, method="POST")
+
+
+def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """``RATELIMIT_VIEW``: the one place where django-ratelimit's ``Ratelimited`` becomes a 429."""
+    match = request.resolver_match
+    if match is not None and match.url_name == "admin-login":
+        exc = RateLimited(f"Too many login attempts (limit {settings.LANDMARKS_LOGIN_RATE}); wait and try again.")
+    else:
+        exc = RateLimited(f"Too many searches (limit {settings.LANDMARKS_SEARCH_RATE}); wait and try again.")
+    logger.warning("rate limited %s %s from %s", request.method, request.path, request.META.get("REMOTE_ADDR"))
+    if request.path.startswith("/api/"):
+        return error_response(exc)
+    if match is not None and match.url_name == "search":
+        return render(request, "retrieval/search.html", {"form": SearchForm(), "error": exc.message}, status=429)
+    page = f"<!doctype html><title>Too many requests</title><h1>Too many requests</h1><p>{exc.message}</p>"
+    return HttpResponse(page, status=exc.http_status)
 
 
 def json_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
@@ -107,11 +138,12 @@ def _search_response(request: HttpRequest, query: SearchQuery) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
+@search_rate_limit
 @json_errors
 def api_search(request: HttpRequest) -> JsonResponse:
     """POST multipart ``image`` (+ ``catalog``, ``top_k``, ``bbox``): 200 with results,
     202 with a URL to poll when the workers take longer than the wait limit."""
-    timeout = _wait_seconds(request)
+    timeout = _wait_seconds(request)  # validated before anything is stored
     query = _wait_for_search(_create_search(request), timeout)
     return _search_response(request, query)
 
@@ -122,9 +154,12 @@ def _wait_seconds(request: HttpRequest) -> float:
     if raw is None:
         return limit
     try:
-        return max(0.0, min(float(raw), limit))
+        seconds = float(raw)
     except ValueError:
         raise InvalidInput("wait must be a number of seconds.") from None
+    if not math.isfinite(seconds):
+        raise InvalidInput("wait must be a finite number of seconds (no nan or inf).")
+    return max(0.0, min(seconds, limit))
 
 
 _waiters = threading.BoundedSemaphore(max(1, settings.LANDMARKS_SEARCH_WAITERS))
@@ -158,6 +193,7 @@ def api_search_detail(request: HttpRequest, public_id: str) -> JsonResponse:
 
 
 @require_http_methods(["GET", "POST"])
+@search_rate_limit
 def search_page(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         try:
@@ -212,3 +248,10 @@ def _file_response(field: FieldFile) -> FileResponse:
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+@ratelimit(group="admin-login-ip", key="ip", rate=login_rate, method="POST")
+@ratelimit(group="admin-login-username", key="post:username", rate=login_rate, method="POST")
+def admin_login(request: HttpRequest) -> HttpResponse:
+    """The admin's login page, rate limited per client IP and per username."""
+    return admin.site.login(request)

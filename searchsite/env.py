@@ -9,6 +9,7 @@ instead of ``NAME`` when set (for Docker secrets).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -97,3 +98,26 @@ def get_float_list(name: str, default: list[float], *, minimum: float | None = N
 def get_path(name: str, default: Path) -> Path:
     raw = os.environ.get(name)
     return Path(raw).expanduser().resolve() if raw else default
+
+
+_RATE = re.compile(r"\d+/\d*[smhd]")
+
+
+def get_rate(name: str, default: str) -> str:
+    """A django-ratelimit rate: requests per period, e.g. ``30/m``, ``10/5m``, ``1000/d``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not _RATE.fullmatch(raw):
+        raise ImproperlyConfigured(f"{name} must be a rate such as 30/m or 100/h (s, m, h, d), got {raw!r}")
+    return raw
+
+
+def get_optional_pair(name: str) -> tuple[str, str] | None:
+    """Two comma-separated strings, e.g. ``HTTP_X_FORWARDED_PROTO,https``; None when unset."""
+    items = get_list(name, [])
+    if not items:
+        return None
+    if len(items) != 2:
+        raise ImproperlyConfigured(f"{name} must be two comma-separated values, got {os.environ.get(name)!r}")
+    return items[0], items[1]

@@ -110,6 +110,20 @@ def _supervise_redis(redis: EmbeddedRedis, state: dict[str, float]) -> None:
         state["retry_at"] = now + 5.0
 
 
+def _ensure_secret_key(env: dict[str, str], data_dir: Path) -> None:
+    """Give every child ``DJANGO_SECRET_KEY``: one made on first start and kept in
+    ``<data dir>/secret-key.txt`` (mode 0600), unless the environment sets one already."""
+    if env.get("DJANGO_SECRET_KEY") or env.get("DJANGO_SECRET_KEY_FILE"):
+        return
+    key_file = data_dir / "secret-key.txt"
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(50) + "\n")
+    env["DJANGO_SECRET_KEY"] = key_file.read_text().strip()
+
+
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     for child in children:
         if child.poll() is None:
@@ -159,6 +173,7 @@ def run_site() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     with embedded_services(data_dir) as services:
         env = {**os.environ, **services.urls, "LANDMARKS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+        _ensure_secret_key(env, data_dir)
         _manage("migrate", "--no-input", env=env)
         _manage("prepare_models", env=env)
         password = _ensure_admin(env, data_dir)

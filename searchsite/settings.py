@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 
@@ -25,6 +26,21 @@ DEBUG = env.get_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env.get_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.get_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
+# HTTPS. Off by default so that `make run` works over plain http. DJANGO_HTTPS=true turns
+# the secure set on at once (SSL redirect, secure cookies, one year of HSTS with
+# subdomains and preload: what `check --deploy` asks for); each variable below overrides
+# its part, e.g. DJANGO_SECURE_HSTS_SECONDS=3600 while trying HTTPS out.
+HTTPS = env.get_bool("DJANGO_HTTPS", False)
+SECURE_SSL_REDIRECT = env.get_bool("DJANGO_SECURE_SSL_REDIRECT", HTTPS)
+SESSION_COOKIE_SECURE = env.get_bool("DJANGO_SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env.get_bool("DJANGO_CSRF_COOKIE_SECURE", HTTPS)
+SECURE_HSTS_SECONDS = env.get_int("DJANGO_SECURE_HSTS_SECONDS", 31_536_000 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.get_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env.get_bool("DJANGO_SECURE_HSTS_PRELOAD", HTTPS)
+# Behind a TLS-terminating proxy: the header (as a META key) and value that mean "https",
+# e.g. HTTP_X_FORWARDED_PROTO,https. Only set it when the proxy always sets that header.
+SECURE_PROXY_SSL_HEADER = env.get_optional_pair("DJANGO_SECURE_PROXY_SSL_HEADER")
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -32,10 +48,12 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_ratelimit",
     "retrieval",
 ]
 
 MIDDLEWARE = [
+    "searchsite.middleware.RequestBodyLimitMiddleware",  # first: refuses before the body is read
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -45,6 +63,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_ratelimit.middleware.RatelimitMiddleware",  # Ratelimited -> RATELIMIT_VIEW (429)
     "retrieval.middleware.ServiceUnavailableMiddleware",
 ]
 
@@ -112,11 +131,58 @@ WHITENOISE_USE_FINDERS = True  # serve admin assets without a collectstatic step
 
 # Uploads: anything larger than this is refused before it is decoded.
 LANDMARKS_MAX_UPLOAD_BYTES = env.get_int("LANDMARKS_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = LANDMARKS_MAX_UPLOAD_BYTES + 1024 * 1024
+# Multipart boundaries and the small form fields sent next to one photo.
+LANDMARKS_FORM_OVERHEAD_BYTES = 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = LANDMARKS_MAX_UPLOAD_BYTES + LANDMARKS_FORM_OVERHEAD_BYTES
+# Whole request bodies: searchsite.middleware answers 413 from Content-Length before the
+# body is read. Admin pages take bulk uploads of many photos; 256 MiB is ~50 phone photos
+# a batch (streamed to temporary files, not held in memory); larger catalogs go through
+# `manage.py import_catalog`. Every other path: one upload + the form overhead.
+LANDMARKS_MAX_REQUEST_BYTES = env.get_int("LANDMARKS_MAX_REQUEST_BYTES", 256 * 1024 * 1024, minimum=1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_NUMBER_FILES = env.get_int("LANDMARKS_MAX_FILES_PER_UPLOAD", 500, minimum=1)
 LANDMARKS_MAX_IMAGE_PIXELS = env.get_int("LANDMARKS_MAX_IMAGE_PIXELS", 50_000_000, minimum=1024)
+# Query photos: far lower, since anyone can send them (a worker decodes 3 bytes a pixel,
+# the extractor more); the web process reads only the header of either kind.
+LANDMARKS_MAX_QUERY_PIXELS = env.get_int("LANDMARKS_MAX_QUERY_PIXELS", 16_000_000, minimum=1024)
 LANDMARKS_MIN_IMAGE_SIDE = env.get_int("LANDMARKS_MIN_IMAGE_SIDE", 32, minimum=1)
+
+# Rate limits (django-ratelimit), counted per client IP in the Redis cache below, which
+# every gunicorn process shares: searches (API and form together) and admin logins (per
+# IP and per username). Redis down: the cache ignores the errors and the limits are
+# off (fail open), so the site keeps answering.
+LANDMARKS_SEARCH_RATE = env.get_rate("LANDMARKS_SEARCH_RATE", "30/m")
+LANDMARKS_LOGIN_RATE = env.get_rate("LANDMARKS_LOGIN_RATE", "10/m")
+RATELIMIT_VIEW = "retrieval.views.rate_limited"
+RATELIMIT_FAIL_OPEN = True
+# Behind a reverse proxy every request comes from the proxy: name the META key of the
+# header that carries the client's address (e.g. HTTP_X_FORWARDED_FOR; the last entry,
+# the one the proxy added, is used).
+LANDMARKS_CLIENT_IP_HEADER = env.get_optional_str("LANDMARKS_CLIENT_IP_HEADER")
+RATELIMIT_IP_META_KEY = "searchsite.middleware.client_ip" if LANDMARKS_CLIENT_IP_HEADER else None
+
+
+def _redis_db(url: str, db: int) -> str:
+    """``url`` with another database number (redis:// and rediss:// URLs)."""
+    parts = urlsplit(url)
+    return parts._replace(path=f"/{db}").geturl() if parts.scheme in ("redis", "rediss") else url
+
+
+# The broker uses REDIS_URL's database; the cache another one, so that clearing either
+# never touches the other.
+LANDMARKS_CACHE_URL = env.get_optional_str("LANDMARKS_CACHE_URL") or _redis_db(REDIS_URL, 1)
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": LANDMARKS_CACHE_URL,
+        "KEY_PREFIX": "landmarks",
+        "OPTIONS": {
+            "IGNORE_EXCEPTIONS": True,  # Redis down: a cache miss, never a 500
+            "SOCKET_CONNECT_TIMEOUT": 0.5,
+            "SOCKET_TIMEOUT": 0.5,
+        },
+    }
+}
 
 # Feature extraction and search.
 LANDMARKS_EXTRACTOR = env.get_str("LANDMARKS_EXTRACTOR", "effnet-lite2-dense")

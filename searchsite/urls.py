@@ -10,5 +10,6 @@ urlpatterns = [
     path("images/<int:image_id>/file", views.catalog_image_file, name="catalog-image-file"),
     path("api/search", views.api_search, name="api-search"),
     path("api/search/<str:public_id>", views.api_search_detail, name="api-search-detail"),
+    path("admin/login/", views.admin_login, name="admin-login"),  # before the admin's own
     path("admin/", admin.site.urls),
 ]

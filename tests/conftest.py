@@ -42,6 +42,15 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.MEDIA_ROOT = tempfile.mkdtemp(prefix="landmarks-media-")
 
 
+@pytest.fixture(autouse=True)
+def fresh_rate_limits(request: pytest.FixtureRequest) -> None:
+    """Every test starts with no request counted against the rate limits (Redis cache)."""
+    if request.config.pluginmanager.hasplugin("django"):
+        from django.core.cache import cache
+
+        cache.clear()
+
+
 def photo_path(name: str) -> Path:
     import skimage
 

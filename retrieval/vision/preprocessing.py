@@ -3,15 +3,19 @@
 Every accepted image comes out as (H, W, 3) uint8 RGB, upright (EXIF orientation
 applied), whatever it was stored as (grayscale, CMYK, palette, alpha, 16-bit). Anything
 else raises a subclass of :class:`ImageError` whose message can be shown to a user.
+:func:`read_header` applies the same checks that need no pixels (format, size, pixel
+cap) for the web process; :func:`decode_image` decodes (Celery workers, commands).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Refuse truncated files instead of silently padding them with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -46,29 +50,37 @@ class ImageTooSmallError(ImageError):
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF"})
 
 
-def image_format(data: bytes) -> str:
-    """The Pillow format name of an encoded image (e.g. ``"JPEG"``), from its header only.
+@dataclasses.dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, without decoding the pixels; sizes are upright (EXIF)."""
 
-    Raises:
-        NotAnImageError: not an image, or a format outside ``SUPPORTED_FORMATS``.
+    width: int
+    height: int
+    format: str  # Pillow's name: "JPEG", "PNG", "WEBP", ...
+
+
+# EXIF orientations 5-8 turn the picture by 90 degrees: width and height swap.
+_TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}
+
+
+def read_header(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 32) -> ImageHeader:
+    """Validate an upload from its header only: format, dimensions, pixel cap, minimum side.
+
+    Cheap enough for the web process (a few KB read, no pixel buffer); the pixels may
+    still be truncated or corrupt, which only :func:`decode_image` finds out.
     """
-    if not data:
-        raise EmptyImageError("The file is empty (0 bytes).")
+    image = _open(data, max_pixels=max_pixels)
+    width, height = image.size
+    # The base class reads EXIF from what the header parsing found; PNG's own getexif()
+    # would decode the whole image to look for an eXIf chunk after the pixel data.
     try:
-        with warnings.catch_warnings():
-            # Only the header is parsed here: the pixel cap is decode_image's job.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                fmt = image.format or ""
-    except Image.DecompressionBombError:
-        raise ImageTooLargeError("The image has too many pixels.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        fmt = ""
-    if fmt not in SUPPORTED_FORMATS:
-        raise NotAnImageError(
-            "The file is not an image in a supported format (JPEG, PNG, WebP, TIFF, BMP, GIF)."
-        )
-    return fmt
+        orientation = Image.Image.getexif(image).get(ExifTags.Base.Orientation)
+    except Exception:  # a broken EXIF block is ignored here, as exif_transpose does
+        orientation = None
+    if orientation in _TRANSPOSED_ORIENTATIONS:
+        width, height = height, width
+    _check_min_side(width, height, min_side)
+    return ImageHeader(width=width, height=height, format=image.format or "")
 
 
 def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 32) -> np.ndarray:
@@ -83,6 +95,22 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 3
     Returns:
         (H, W, 3) uint8 RGB array, EXIF orientation applied.
     """
+    image = _open(data, max_pixels=max_pixels)
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image) or image
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"The image has more than {max_pixels:,} pixels.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise CorruptImageError(f"The image data is truncated or corrupt: {exc}") from None
+    rgb = _to_rgb(image)
+    height, width = rgb.shape[:2]
+    _check_min_side(width, height, min_side)
+    return rgb
+
+
+def _open(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Open (header only) and refuse images over ``max_pixels`` before any decoding."""
     if not data:
         raise EmptyImageError("The file is empty (0 bytes).")
     try:
@@ -95,23 +123,19 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 3
         raise ImageTooLargeError(f"The image has more than {max_pixels:,} pixels.") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"The image header is corrupt: {exc}") from None
+    if image.format not in SUPPORTED_FORMATS:
+        raise NotAnImageError("The file is not an image in a supported format (JPEG, PNG, WebP, TIFF, BMP, GIF).")
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(
             f"The image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}."
         )
-    try:
-        image.load()
-        image = ImageOps.exif_transpose(image) or image
-    except Image.DecompressionBombError:
-        raise ImageTooLargeError(f"The image has more than {max_pixels:,} pixels.") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise CorruptImageError(f"The image data is truncated or corrupt: {exc}") from None
-    rgb = _to_rgb(image)
-    height, width = rgb.shape[:2]
+    return image
+
+
+def _check_min_side(width: int, height: int, min_side: int) -> None:
     if min(width, height) < min_side:
         raise ImageTooSmallError(f"The image is {width}x{height}; both sides must be at least {min_side} pixels.")
-    return rgb
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -176,8 +200,17 @@ def crop_bbox(image: np.ndarray, bbox: tuple[float, float, float, float] | None)
     if bbox is None:
         return image, (0, 0)
     height, width = image.shape[:2]
+    x1, y1, x2, y2 = bbox_window(width, height, bbox)
+    return image[y1:y2, x1:x2], (x1, y1)
+
+
+def bbox_window(width: int, height: int, bbox: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """``[x1, y1, x2, y2]`` rounded and clipped to a ``width`` x ``height`` image; raises
+    an ImageError for a box that is not finite or leaves less than 8x8 pixels."""
+    if not all(math.isfinite(v) for v in bbox):
+        raise ImageError(f"The box {list(bbox)} has a coordinate that is not a finite number.")
     x1, y1, x2, y2 = (int(round(v)) for v in bbox)
     x1, y1, x2, y2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
     if x2 - x1 < 8 or y2 - y1 < 8:
         raise ImageError(f"The box {list(bbox)} does not overlap the {width}x{height} image.")
-    return image[y1:y2, x1:x2], (x1, y1)
+    return x1, y1, x2, y2

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
-from PIL import Image
+from PIL import Image, ImageFile
 
+from retrieval import services
 from retrieval.models import SearchQuery
+from retrieval.vision import preprocessing
 from tests.conftest import encode, load_photo
 from tests.factories import CatalogFactory, CatalogImageFactory
 
@@ -27,10 +29,11 @@ def _post(client: Client, data: bytes, name: str = "q.jpg", **fields: object):
     return client.post("/api/search", {"image": upload, **fields})
 
 
+# Refused from the header alone, in the web process. A file whose pixels are truncated
+# passes these checks: the worker decodes it and fails the search (see below).
 BAD_UPLOADS = {
     "zero-byte": (b"", 400, "empty"),
     "not an image": (b"hello, I am a text file\n" * 20, 415, "not an image"),
-    "truncated": (encode(load_photo("coffee.png"))[:3000], 400, "truncated or corrupt"),
     "tiny": (encode(np.zeros((16, 16, 3), np.uint8), "PNG"), 400, "at least 32"),
     "bomb": (encode(Image.new("L", (20000, 20000)), "PNG"), 413, "pixels"),
 }
@@ -43,6 +46,49 @@ def test_bad_uploads_get_a_4xx_with_a_message_and_store_nothing(client: Client, 
     assert response.status_code == status
     assert message in response.json()["error"]
     assert SearchQuery.objects.count() == 0
+
+
+def test_truncated_pixels_fail_the_search_in_the_worker_and_the_api_answers_422(client: Client, catalog) -> None:
+    response = _post(client, encode(load_photo("coffee.png"))[:3000], wait="0")
+    assert response.status_code == 202  # the header is fine; the web process decodes nothing
+    services.search_execute(query_id=response.json()["id"])  # what the search worker runs
+    response = client.get(response.json()["url"])
+    assert response.status_code == 422
+    assert "truncated or corrupt" in response.json()["error"]
+
+
+def test_the_web_process_stores_a_search_without_decoding_its_pixels(client: Client, catalog, monkeypatch) -> None:
+    def no_decoding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the web process decoded the pixels")
+
+    data = encode(load_photo("coffee.png"))
+    monkeypatch.setattr(preprocessing, "decode_image", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    response = _post(client, data, wait="0")
+    assert response.status_code == 202
+    assert response.json()["query"] == {"width": 600, "height": 400, "bbox": None}
+
+
+def test_a_query_over_the_query_pixel_cap_gets_413(client: Client, catalog, settings) -> None:
+    settings.LANDMARKS_MAX_QUERY_PIXELS = 100_000
+    response = _post(client, encode(load_photo("coffee.png"), "PNG"))  # 600 x 400
+    assert response.status_code == 413
+    assert "the limit is 100,000" in response.json()["error"]
+    assert SearchQuery.objects.count() == 0
+
+
+def test_a_query_keeps_its_upright_size_from_the_exif_orientation(client: Client, catalog) -> None:
+    image = Image.fromarray(load_photo("coffee.png"))
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored sideways
+    response = _post(client, encode(image, "JPEG", exif=exif), wait="0")
+    assert response.json()["query"]["width"] == 400 and response.json()["query"]["height"] == 600
+
+
+def test_a_bbox_outside_the_image_gets_400_from_the_header_size(client: Client, catalog) -> None:
+    response = _post(client, encode(load_photo("coffee.png")), bbox="700,500,900,900")
+    assert response.status_code == 400
+    assert "does not overlap the 600x400 image" in response.json()["error"]
 
 
 def test_a_file_over_the_size_limit_gets_413(client: Client, catalog, settings) -> None:
@@ -68,6 +114,29 @@ def test_an_invalid_bbox_gets_400(client: Client, catalog) -> None:
     response = _post(client, encode(load_photo("coffee.png")), bbox="10,10,5,5")
     assert response.status_code == 400
     assert "bbox" in response.json()["error"]
+
+
+@pytest.mark.parametrize("bbox", ["nan,nan,nan,nan", "0,0,nan,100", "0,0,inf,100", "-inf,0,10,10"])
+def test_a_non_finite_bbox_gets_400(client: Client, catalog, bbox: str) -> None:
+    response = _post(client, encode(load_photo("coffee.png")), bbox=bbox)
+    assert response.status_code == 400
+    assert "finite" in response.json()["error"]
+    assert SearchQuery.objects.count() == 0
+
+
+@pytest.mark.parametrize("top_k", ["nan", "inf", "1e400"])
+def test_a_non_finite_top_k_gets_400(client: Client, catalog, top_k: str) -> None:
+    response = _post(client, encode(load_photo("coffee.png")), top_k=top_k)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("top_k:")
+
+
+@pytest.mark.parametrize("wait", ["nan", "inf", "-inf"])
+def test_a_non_finite_wait_gets_400(client: Client, catalog, wait: str) -> None:
+    response = _post(client, encode(load_photo("coffee.png")), wait=wait)
+    assert response.status_code == 400
+    assert "finite" in response.json()["error"]
+    assert SearchQuery.objects.count() == 0
 
 
 def test_an_unknown_search_id_gets_404(client: Client) -> None:

@@ -62,3 +62,26 @@ def test_run_serves_the_site_and_ctrl_c_stops_every_process(tmp_path: Path) -> N
     assert not alive, [p.pid for p in alive]
     assert not (tmp_path / "var" / "run" / "services.env").exists()
     assert (tmp_path / "var" / "postgres" / "PG_VERSION").exists()  # data kept for the next run
+
+
+def test_run_keeps_a_generated_secret_key_in_the_data_folder(tmp_path: Path) -> None:
+    from searchsite.launcher import _ensure_secret_key
+
+    first: dict[str, str] = {}
+    _ensure_secret_key(first, tmp_path)
+    key_file = tmp_path / "secret-key.txt"
+    assert (key_file.stat().st_mode & 0o777) == 0o600
+    assert len(first["DJANGO_SECRET_KEY"]) >= 50 and first["DJANGO_SECRET_KEY"] == key_file.read_text().strip()
+    second: dict[str, str] = {}
+    _ensure_secret_key(second, tmp_path)
+    assert second["DJANGO_SECRET_KEY"] == first["DJANGO_SECRET_KEY"]
+
+
+@pytest.mark.parametrize("variable", ["DJANGO_SECRET_KEY", "DJANGO_SECRET_KEY_FILE"])
+def test_run_keeps_a_secret_key_set_in_the_environment(tmp_path: Path, variable: str) -> None:
+    from searchsite.launcher import _ensure_secret_key
+
+    env = {variable: "from-the-operator"}
+    _ensure_secret_key(env, tmp_path)
+    assert env == {variable: "from-the-operator"}
+    assert not (tmp_path / "secret-key.txt").exists()

@@ -100,6 +100,40 @@ def test_it_applies_exif_orientation(photo: np.ndarray) -> None:
     assert out.shape == (photo.shape[1], photo.shape[0], 3)
 
 
+def test_read_header_gives_size_and_format_without_decoding(photo: np.ndarray) -> None:
+    data = encode(photo)
+    header = pp.read_header(data[: len(data) // 2])  # truncated pixels: only decoding finds out
+    assert header == pp.ImageHeader(width=451, height=300, format="JPEG")
+
+
+def test_read_header_swaps_the_sides_for_a_rotating_exif_orientation(photo: np.ndarray) -> None:
+    image = Image.fromarray(photo)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    header = pp.read_header(encode(image, "JPEG", exif=exif))
+    assert (header.width, header.height) == (300, 451)
+
+
+def test_read_header_refuses_an_image_over_the_pixel_cap_without_decoding() -> None:
+    data = encode(Image.new("L", (7000, 7000)), "PNG")  # 49 megapixels in ~50 kB
+    with pytest.raises(pp.ImageTooLargeError, match="the limit is 16,000,000"):
+        pp.read_header(data, max_pixels=16_000_000)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [(b"", pp.EmptyImageError), (b"not an image" * 20, pp.NotAnImageError)],
+)
+def test_read_header_refuses_what_decode_image_refuses_from_the_header(data: bytes, error: type) -> None:
+    with pytest.raises(error):
+        pp.read_header(data)
+
+
+def test_read_header_refuses_images_smaller_than_the_minimum_side() -> None:
+    with pytest.raises(pp.ImageTooSmallError, match="at least 32"):
+        pp.read_header(encode(np.zeros((20, 200, 3), np.uint8), "PNG"), min_side=32)
+
+
 def test_crop_bbox_returns_the_region_and_its_offset(photo: np.ndarray) -> None:
     crop, offset = pp.crop_bbox(photo, (10, 20, 110, 220))
     assert crop.shape == (200, 100, 3) and offset == (10, 20)
@@ -110,6 +144,11 @@ def test_crop_bbox_refuses_a_box_outside_the_image(photo: np.ndarray) -> None:
         pp.crop_bbox(photo, (5000, 5000, 6000, 6000))
 
 
+def test_crop_bbox_refuses_a_box_with_a_non_finite_coordinate(photo: np.ndarray) -> None:
+    with pytest.raises(pp.ImageError, match="not a finite number"):
+        pp.crop_bbox(photo, (0, 0, float("nan"), 100))
+
+
 def test_resize_long_side_shrinks_and_enlarges_keeping_the_aspect() -> None:
     image = np.zeros((300, 600, 3), np.uint8)
     assert pp.resize_long_side(image, 1024).shape == (512, 1024, 3)
@@ -118,11 +157,11 @@ def test_resize_long_side_shrinks_and_enlarges_keeping_the_aspect() -> None:
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"])
-def test_image_format_names_the_decoded_format(photo: np.ndarray, fmt: str) -> None:
-    assert pp.image_format(encode(photo, fmt)) == fmt
+def test_the_header_names_the_decoded_format(photo: np.ndarray, fmt: str) -> None:
+    assert pp.read_header(encode(photo, fmt)).format == fmt
 
 
 @pytest.mark.parametrize("data", [b"<html><script>alert(1)</script></html>", b"P6 2 2 255 ............"])
-def test_image_format_refuses_anything_else(data: bytes) -> None:
+def test_the_header_refuses_any_other_format(data: bytes) -> None:
     with pytest.raises(pp.NotAnImageError, match="supported format"):
-        pp.image_format(data)
+        pp.read_header(data)

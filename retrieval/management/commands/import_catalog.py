@@ -133,6 +133,7 @@ class Command(BaseCommand):
                     filename=Path(name).name,
                     landmark=landmarks.get(landmark_name) if landmark_name else None,
                     external_id=external_id,
+                    decode=True,  # report corrupt files now, not as failed images later
                 )
             except RetrievalError as exc:
                 failures.append((name, exc.message))
