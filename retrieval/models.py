@@ -6,6 +6,7 @@ import uuid
 
 from django.core.validators import RegexValidator
 from django.db import models
+from django.db.models.functions import Now
 from pgvector.django import HalfVectorField
 
 catalog_name_validator = RegexValidator(
@@ -150,10 +151,10 @@ class CatalogImage(models.Model):
     failure_reason = models.TextField(blank=True)
     # Claims (see retrieval.services.claims): the Celery task id that works on the row and
     # when it last showed progress; ``queued_at`` is when its task reached the broker.
-    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_by = models.CharField(max_length=64, blank=True, default="", db_default="")
     claimed_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0, help_text="Claims so far; capped (a file that kills workers).")
+    attempts = models.PositiveSmallIntegerField(default=0, db_default=0, help_text="Claims so far; capped (a file that kills workers).")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     indexed_at = models.DateTimeField(null=True, blank=True)
@@ -186,7 +187,8 @@ class ImageDescriptor(models.Model):
     local_features = models.BinaryField()
     num_local = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    # DB defaults: rows written by code that predates these columns (a rolling upgrade).
+    updated_at = models.DateTimeField(auto_now=True, db_default=Now())
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["image", "model"], name="descriptor_unique_image_model")]
@@ -225,10 +227,10 @@ class SearchQuery(models.Model):
     timings_ms = models.JSONField(default=dict, blank=True)
     # Claims (see retrieval.services.claims): the Celery task id that works on the row and
     # when it last showed progress; ``queued_at`` is when its task reached the broker.
-    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_by = models.CharField(max_length=64, blank=True, default="", db_default="")
     claimed_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0, help_text="Claims so far; capped (a file that kills workers).")
+    attempts = models.PositiveSmallIntegerField(default=0, db_default=0, help_text="Claims so far; capped (a file that kills workers).")
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -264,7 +266,7 @@ class ReindexJob(models.Model):
     error = models.TextField(blank=True)
     # Claims (see retrieval.services.claims): the Celery task id that works on the row and
     # when it last showed progress; ``queued_at`` is when its task reached the broker.
-    claimed_by = models.CharField(max_length=64, blank=True)
+    claimed_by = models.CharField(max_length=64, blank=True, default="", db_default="")
     claimed_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

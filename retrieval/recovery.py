@@ -81,7 +81,9 @@ def work_sweep(*, now: datetime | None = None) -> SweepReport:
 def _resend(rows: QuerySet, task_name: str, queue: str, *, busy: str, now: datetime, lease: datetime) -> int:
     """Send ``task_name`` again for the rows whose task is lost; returns how many."""
     never_queued = Q(status="pending", queued_at__isnull=True, created_at__lt=now - QUEUE_GRACE)
-    abandoned = Q(status=busy) & (Q(claimed_at__lt=lease) | Q(claimed_at__isnull=True))
+    # Not again while the task sent for it may still wait its turn in the queue.
+    not_sent_lately = Q(queued_at__isnull=True) | Q(queued_at__lt=lease)
+    abandoned = Q(status=busy) & (Q(claimed_at__lt=lease) | Q(claimed_at__isnull=True)) & not_sent_lately
     lost = never_queued | abandoned
     if _queue_is_empty(queue):
         lost |= Q(status="pending", queued_at__lt=lease)

@@ -153,7 +153,7 @@ def _children(data_dir: Path, host: str, port: int) -> list[Child]:
             "--concurrency", os.environ.get("INDEX_WORKERS", "1"), "--loglevel", "INFO",
         ]),
         Child("beat", [
-            *celery, "beat", "--loglevel", "INFO",
+            *celery, "beat", "--loglevel", "WARNING",
             "--schedule", str(data_dir / "run" / "celerybeat-schedule"),
         ]),
     ]  # fmt: skip

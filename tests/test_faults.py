@@ -36,6 +36,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRACTOR = "effnet-lite0-gem+rootsift"
+# The outage drill of the README runs this module with 60 and the default sweep (15 s).
+OUTAGE_SECONDS = float(os.environ.get("LANDMARKS_FAULTS_OUTAGE_SECONDS", "10"))
+SWEEP_SECONDS = os.environ.get("LANDMARKS_FAULTS_SWEEP_SECONDS", "2")
 
 
 def _free_port() -> int:
@@ -125,7 +128,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         PORT=str(port),
         WEB_WORKERS="1",
         LANDMARKS_TASK_LEASE_SECONDS="8",
-        LANDMARKS_SWEEP_SECONDS="2",
+        LANDMARKS_SWEEP_SECONDS=SWEEP_SECONDS,
         LANDMARKS_AUGMENT_DELAY_SECONDS="1",
         LANDMARKS_WARM_EXTRACTOR="1",  # as in production (the test settings switch it off)
         LANDMARKS_SEARCH_RATE="100000/m",  # the 16 clients share one address
@@ -256,6 +259,7 @@ def test_a_redis_outage_answers_503_keeps_the_site_up_and_loses_no_upload(site: 
     query = encode(load_photo("coffee.png"))
     assert site.search(query, "kill-pool")[0] == 200
     site.redis.stop()
+    stopped = time.monotonic()
     try:
         with SiteProbe(site) as probe:
             status, body = site.search(query, "kill-pool")
@@ -264,15 +268,19 @@ def test_a_redis_outage_answers_503_keeps_the_site_up_and_loses_no_upload(site: 
             imported = site.manage("import_catalog", str(folder), "--catalog", "outage")
             assert imported.returncode == 0, imported.stdout + imported.stderr
             assert "unreachable" in imported.stderr
-            time.sleep(10)
+            time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))
         assert probe.statuses == {200}, probe.results
         assert _statuses(site, "outage") == {"pending": 3}
     finally:
         site.redis.restart()
     back = time.monotonic()
     _wait_until(lambda: site.search(query, "kill-pool", wait=5)[0] == 200, 60, "a search after the outage", site)
+    searched = time.monotonic() - back
     _wait_until(lambda: _all_indexed(site, "outage", 3), 60, "the photos stored during the outage indexed", site)
-    assert time.monotonic() - back < 60
+    indexed = time.monotonic() - back
+    print(f"outage {OUTAGE_SECONDS:.0f} s: GET / {len(probe.results)} x 200; after Redis returned: "
+          f"first search done in {searched:.1f} s, photos indexed in {indexed:.1f} s")
+    assert indexed < 60
     assert _descriptor_rows_per_image(site, "outage") == [1, 1, 1]
 
 

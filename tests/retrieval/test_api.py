@@ -51,7 +51,8 @@ def test_bad_uploads_get_a_4xx_with_a_message_and_store_nothing(client: Client, 
 def test_truncated_pixels_fail_the_search_in_the_worker_and_the_api_answers_422(client: Client, catalog) -> None:
     response = _post(client, encode(load_photo("coffee.png"))[:3000], wait="0")
     assert response.status_code == 202  # the header is fine; the web process decodes nothing
-    services.search_execute(query_id=response.json()["id"])  # what the search worker runs
+    query = SearchQuery.objects.get(public_id=response.json()["id"])
+    services.search_execute(query_id=query.pk)  # what the search worker runs
     response = client.get(response.json()["url"])
     assert response.status_code == 422
     assert "truncated or corrupt" in response.json()["error"]

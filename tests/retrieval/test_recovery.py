@@ -42,6 +42,12 @@ def test_the_sweep_queues_again_a_photo_whose_worker_died(settings) -> None:
     assert CatalogImage.objects.get(pk=image.pk).queued_at is not None
 
 
+def test_the_sweep_sends_abandoned_work_once_per_lease(settings) -> None:
+    _pending_image(status="processing", claimed_by="dead", claimed_at=_ago(settings.LANDMARKS_TASK_LEASE_SECONDS + 5))
+    assert recovery.work_sweep().images == 1
+    assert recovery.work_sweep().images == 0  # its task may still be waiting in the queue
+
+
 def test_the_sweep_leaves_live_work_alone() -> None:
     _pending_image(status="processing", claimed_by="alive", claimed_at=timezone.now())
     _pending_image(created_at=_ago(60), queued_at=timezone.now())

@@ -85,3 +85,43 @@ def test_run_keeps_a_secret_key_set_in_the_environment(tmp_path: Path, variable:
     _ensure_secret_key(env, tmp_path)
     assert env == {variable: "from-the-operator"}
     assert not (tmp_path / "secret-key.txt").exists()
+
+
+def test_a_killed_embedded_redis_is_started_again_on_its_port_with_its_data(tmp_path: Path) -> None:
+    import redis
+
+    from searchsite.launcher import _supervise_redis
+    from searchsite.services import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    redis.Redis.from_url(url).set("kept", "yes")
+    redis.Redis.from_url(url).bgrewriteaof()
+    time.sleep(1)
+    os.kill(server._process.pid, signal.SIGKILL)  # type: ignore[union-attr]
+    server._process.wait()  # type: ignore[union-attr]
+    try:
+        _supervise_redis(server, {})
+        assert redis.Redis.from_url(url).get("kept") == b"yes"
+    finally:
+        server.stop()
+
+
+def test_a_child_that_keeps_dying_is_restarted_with_a_growing_delay(tmp_path: Path) -> None:
+    from searchsite.launcher import Child
+
+    marker = tmp_path / "starts"
+    child = Child("flaky", [sys.executable, "-c", f"open({str(marker)!r}, 'a').write('x')"])
+    env = dict(os.environ)
+    child.start(env)
+    delays = []
+    for _ in range(3):
+        child.process.wait(10)  # type: ignore[union-attr]
+        child.supervise(env)  # notices the exit and schedules the restart
+        assert child.restart_at is not None
+        delays.append(child.restart_at - time.monotonic())
+        child.restart_at = time.monotonic()  # skip the wait
+        child.supervise(env)
+    child.process.wait(10)  # type: ignore[union-attr]
+    assert marker.read_text() == "xxxx"
+    assert delays[0] < delays[1] < delays[2]
