@@ -54,9 +54,11 @@ def work_sweep(*, now: datetime | None = None) -> SweepReport:
     report = SweepReport()
 
     give_up = now - timedelta(seconds=settings.LANDMARKS_SEARCH_GIVE_UP_SECONDS)
-    report.searches_given_up = SearchQuery.objects.filter(
-        status__in=[SearchQuery.Status.PENDING, SearchQuery.Status.RUNNING], created_at__lt=give_up
-    ).update(
+    # A search still being worked on (a fresh claim) is left to finish.
+    unfinished = Q(status=SearchQuery.Status.PENDING) | (
+        Q(status=SearchQuery.Status.RUNNING) & (Q(claimed_at__lt=lease) | Q(claimed_at__isnull=True))
+    )
+    report.searches_given_up = SearchQuery.objects.filter(unfinished, created_at__lt=give_up).update(
         status=SearchQuery.Status.FAILED,
         error="The search did not finish in time; please try again.",
         finished_at=now,
@@ -97,11 +99,15 @@ def _resend(rows: QuerySet, task_name: str, queue: str, *, busy: str, now: datet
 
 def _queue_is_empty(queue: str) -> bool:
     """Whether the broker holds no message for ``queue`` (False when unknown)."""
+    from kombu.exceptions import ChannelError
+
     from searchsite.celery import app
 
     try:
         with app.connection_for_read() as connection:
             return connection.default_channel.queue_declare(queue=queue, passive=True).message_count == 0
+    except ChannelError:  # Redis deletes an empty list: "no such queue" means empty
+        return True
     except Exception as exc:  # noqa: BLE001 - any broker trouble means "do not know"
         logger.info("could not read the length of queue %s: %s", queue, exc)
         return False

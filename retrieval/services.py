@@ -239,13 +239,19 @@ def image_index(*, image_id: int, task_id: str = "") -> CatalogImage | None:
 
 def _refused_image(image_id: int) -> CatalogImage | None:
     """The claim was refused: another live task has it, or it used up its attempts."""
-    image = CatalogImage.objects.filter(pk=image_id).first()
-    if image is not None and image.attempts >= settings.LANDMARKS_TASK_MAX_ATTEMPTS:
-        _fail_image(image, f"Indexing was started {image.attempts} times and never finished (the worker died).")
-        image.refresh_from_db()
+    gave_up = _stale(CatalogImage, image_id, busy=CatalogImage.Status.PROCESSING).filter(
+        attempts__gte=settings.LANDMARKS_TASK_MAX_ATTEMPTS
+    )
+    if gave_up.update(
+        status=CatalogImage.Status.FAILED,
+        failure_reason="Indexing was started several times and never finished (the worker died each time).",
+        updated_at=timezone.now(),
+        **_RELEASED,
+    ):
+        logger.warning("image %s failed: it used up its attempts", image_id)
     else:
         logger.info("image %s is claimed by another task; skipped", image_id)
-    return image
+    return CatalogImage.objects.filter(pk=image_id).first()
 
 
 def catalog_extractor_spec(*, catalog: Catalog) -> str:
@@ -428,14 +434,19 @@ def search_execute(*, query_id: int, task_id: str = "") -> SearchQuery | None:
     """
     task_id = task_id or uuid.uuid4().hex
     if not _claim(SearchQuery, query_id, task_id=task_id, busy=SearchQuery.Status.RUNNING, done=_SEARCH_DONE):
-        query = selectors.search_get(query_id=query_id)
-        if query is not None and query.status not in _SEARCH_DONE and query.attempts >= settings.LANDMARKS_TASK_MAX_ATTEMPTS:
-            _fail_search(query, f"The search was started {query.attempts} times and never finished.", {})
-        return query
+        _stale(SearchQuery, query_id, busy=SearchQuery.Status.RUNNING).filter(
+            attempts__gte=settings.LANDMARKS_TASK_MAX_ATTEMPTS
+        ).update(
+            status=SearchQuery.Status.FAILED,
+            error="The search was started several times and never finished.",
+            finished_at=timezone.now(),
+            **_RELEASED,
+        )
+        return selectors.search_get(query_id=query_id)
     query = SearchQuery.objects.select_related("catalog", "catalog__active_model").get(pk=query_id)
     timings: dict[str, float] = {"queue": (timezone.now() - query.created_at).total_seconds() * 1000}
     try:
-        _search_stages(query, timings)
+        _search_stages(query, timings, task_id=task_id)
     except RetrievalError as exc:
         _fail_search(query, exc.message, timings)
     except DATABASE_ERRORS:
@@ -485,7 +496,7 @@ def _timed(timings: dict[str, float], stage: str, func: Callable[[], object]) ->
     return value
 
 
-def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
+def _search_stages(query: SearchQuery, timings: dict[str, float], *, task_id: str) -> None:
     from retrieval.extraction import get_extractor
 
     started = time.perf_counter()
@@ -596,7 +607,8 @@ def _search_stages(query: SearchQuery, timings: dict[str, float]) -> None:
         results.append(entry)
     timings["total"] = round((time.perf_counter() - started) * 1000 + timings["queue"], 2)
     timings["queue"] = round(timings["queue"], 2)
-    SearchQuery.objects.filter(pk=query.pk).update(
+    # Only the claim holder writes the answer (a takeover may have happened meanwhile).
+    SearchQuery.objects.filter(pk=query.pk, claimed_by=task_id, status=SearchQuery.Status.RUNNING).update(
         status=SearchQuery.Status.DONE,
         **_RELEASED,
         model=model,
@@ -647,7 +659,13 @@ def catalog_request_augmentation(*, catalog_id: int) -> None:
     if settings.LANDMARKS_DBA_NEIGHBOURS <= 1:
         return
     if Catalog.objects.filter(pk=catalog_id, augment_pending=False).update(augment_pending=True):
-        _enqueue("catalog_augment", catalog_id, countdown=settings.LANDMARKS_AUGMENT_DELAY_SECONDS)
+        transaction.on_commit(lambda: _send_augmentation(catalog_id))
+
+
+def _send_augmentation(catalog_id: int) -> None:
+    if not _send("catalog_augment", catalog_id, countdown=settings.LANDMARKS_AUGMENT_DELAY_SECONDS):
+        # Withdraw the request: the sweep asks again once the broker is back.
+        Catalog.objects.filter(pk=catalog_id).update(augment_pending=False)
 
 
 def catalog_augment(*, catalog_id: int) -> int:
@@ -663,7 +681,7 @@ def catalog_augment(*, catalog_id: int) -> int:
         return 0
     busy = catalog.images.filter(status__in=[CatalogImage.Status.PENDING, CatalogImage.Status.PROCESSING])
     if busy.exists():
-        _enqueue("catalog_augment", catalog_id, countdown=settings.LANDMARKS_AUGMENT_DELAY_SECONDS)
+        transaction.on_commit(lambda: _send_augmentation(catalog_id))
         return 0
     # The sweep may send this task too (after a broker outage): only one run takes it.
     if not Catalog.objects.filter(pk=catalog_id, augment_pending=True).update(augment_pending=False):
@@ -711,7 +729,9 @@ def reindex_run(*, job_id: int, task_id: str = "") -> ReindexJob | None:
     skips the images already re-extracted since the job started.
     """
     task_id = task_id or uuid.uuid4().hex
-    if not _claim(ReindexJob, job_id, task_id=task_id, busy=ReindexJob.Status.RUNNING, done=_JOB_DONE):
+    if not _claim(
+        ReindexJob, job_id, task_id=task_id, busy=ReindexJob.Status.RUNNING, done=_JOB_DONE, resume_own=False
+    ):
         return selectors.reindex_job_get(job_id=job_id)
     ReindexJob.objects.filter(pk=job_id).update(started_at=Coalesce(F("started_at"), timezone.now()))
     job = ReindexJob.objects.select_related("catalog").get(pk=job_id)
@@ -743,16 +763,18 @@ def reindex_run(*, job_id: int, task_id: str = "") -> ReindexJob | None:
             for image in CatalogImage.objects.filter(pk__in=ids).order_by("pk").iterator(chunk_size=100):
                 if image.pk in done:
                     continue
-                CatalogImage.objects.filter(pk=image.pk).update(status=CatalogImage.Status.PROCESSING)
-                if not _extract_and_store(image=image, extractor=extractor, model=model):
+                if not _reindex_image(image=image, extractor=extractor, model=model, task_id=task_id):
                     failed += 1
                 processed += 1
-                ReindexJob.objects.filter(pk=job.pk).update(
+                renewed = ReindexJob.objects.filter(pk=job.pk, claimed_by=task_id).update(
                     processed=processed, failed=failed, claimed_at=timezone.now()
                 )
+                if not renewed:
+                    logger.warning("reindex job %s was taken over by another task; this one stops", job_id)
+                    return selectors.reindex_job_get(job_id=job_id)
             Catalog.objects.filter(pk=catalog.pk).update(active_model=model)
             catalog_request_augmentation(catalog_id=catalog.pk)
-        ReindexJob.objects.filter(pk=job.pk).update(
+        ReindexJob.objects.filter(pk=job.pk, claimed_by=task_id).update(
             status=ReindexJob.Status.DONE, finished_at=timezone.now(), claimed_by="", claimed_at=None
         )
     except DATABASE_ERRORS:
@@ -765,6 +787,18 @@ def reindex_run(*, job_id: int, task_id: str = "") -> ReindexJob | None:
         )  # fmt: skip
     job.refresh_from_db()
     return job
+
+
+def _reindex_image(*, image: CatalogImage, extractor: Extractor, model: FeatureModel, task_id: str) -> bool:
+    """Re-extract one image under the job's claim; an image that was in flight when the
+    worker died LANDMARKS_TASK_MAX_ATTEMPTS times fails instead of killing it again."""
+    claimed = CatalogImage.objects.filter(pk=image.pk, attempts__lt=settings.LANDMARKS_TASK_MAX_ATTEMPTS).update(
+        status=CatalogImage.Status.PROCESSING, claimed_by=task_id, claimed_at=timezone.now(), attempts=F("attempts") + 1
+    )
+    if not claimed:
+        _fail_image(image, "Indexing was started several times and never finished (the worker died each time).")
+        return False
+    return _extract_and_store(image=image, extractor=extractor, model=model)
 
 
 # --- claims and queueing ---------------------------------------------------------------
@@ -783,6 +817,7 @@ def _claim(
     busy: str,
     done: tuple[str, ...] = (),
     max_attempts: int | None = None,
+    resume_own: bool = True,
 ) -> bool:
     """Take a row for ``task_id`` with one conditional UPDATE; True if taken.
 
@@ -790,16 +825,26 @@ def _claim(
     is this task's own (Celery redelivers and retries under the same id, so the work
     resumes), or when its holder has shown no progress for LANDMARKS_TASK_LEASE_SECONDS
     (a killed worker). Each claim counts an attempt; ``max_attempts`` refuses more.
+    ``resume_own=False`` is for tasks that may outlive the broker's visibility timeout: its
+    redelivery arrives under the same id while the first delivery still works.
     """
     now = timezone.now()
     stale = now - timedelta(seconds=settings.LANDMARKS_TASK_LEASE_SECONDS)
-    takeable = ~Q(status=busy) | Q(claimed_by=task_id) | Q(claimed_at__lt=stale) | Q(claimed_at__isnull=True)
+    takeable = ~Q(status=busy) | Q(claimed_at__lt=stale) | Q(claimed_at__isnull=True)
+    if resume_own:
+        takeable |= Q(claimed_by=task_id)
     rows = model.objects.filter(pk=pk).exclude(status__in=done).filter(takeable)
     updates: dict[str, object] = {"status": busy, "claimed_by": task_id, "claimed_at": now}
     if hasattr(model, "attempts"):
         rows = rows.filter(attempts__lt=max_attempts or settings.LANDMARKS_TASK_MAX_ATTEMPTS)
         updates["attempts"] = F("attempts") + 1
     return rows.update(**updates) == 1
+
+
+def _stale(model: type[CatalogImage] | type[SearchQuery] | type[ReindexJob], pk: int, *, busy: str):  # type: ignore[no-untyped-def]
+    """The row as a queryset if it is ``busy`` under a claim without recent progress."""
+    stale = timezone.now() - timedelta(seconds=settings.LANDMARKS_TASK_LEASE_SECONDS)
+    return model.objects.filter(pk=pk, status=busy).filter(Q(claimed_at__lt=stale) | Q(claimed_at__isnull=True))
 
 
 # Which row's ``queued_at`` a task's message stamps.

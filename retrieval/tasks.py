@@ -13,31 +13,39 @@ from typing import Any
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-RETRY = {"autoretry_for": (OperationalError, InterfaceError), "retry_backoff": True, "retry_jitter": True}
+# Up to ~20 minutes of database outage (backoff capped at 30 s); a task that still fails
+# leaves its row to the sweep.
+RETRY = {
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": True,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 40,
+}
 
 
-@shared_task(bind=True, max_retries=5, **RETRY)
+@shared_task(bind=True, **RETRY)
 def index_image(self: Any, image_id: int) -> None:
     from retrieval.services import image_index
 
     image_index(image_id=image_id, task_id=self.request.id or "")
 
 
-@shared_task(bind=True, max_retries=3, **RETRY)
+@shared_task(bind=True, **RETRY)
 def search_run(self: Any, query_id: int) -> None:
     from retrieval.services import search_execute
 
     search_execute(query_id=query_id, task_id=self.request.id or "")
 
 
-@shared_task(max_retries=3, **RETRY)
+@shared_task(**RETRY)
 def catalog_augment(catalog_id: int) -> None:
     from retrieval.services import catalog_augment as augment
 
     augment(catalog_id=catalog_id)
 
 
-@shared_task(bind=True, max_retries=5, **RETRY)
+@shared_task(bind=True, **RETRY)
 def reindex_run(self: Any, job_id: int) -> None:
     from retrieval.services import reindex_run as run
 
@@ -52,7 +60,7 @@ def work_sweep() -> None:
     sweep()
 
 
-@shared_task(max_retries=3, **RETRY)
+@shared_task(**RETRY)
 def search_purge_expired() -> int:
     """Periodic (celery beat): delete searches older than the retention period."""
     from retrieval.services import search_purge_expired as purge

@@ -88,6 +88,7 @@ class Child:
             return
         if self.process is None or self.process.poll() is None:
             return
+        _kill_group(self.process.pid)  # its own children (gunicorn's workers) would hold the port
         self.failures = 0 if now - self.started > HEALTHY_AFTER else self.failures + 1
         delay = min(MAX_BACKOFF, 2.0 ** (self.failures - 1)) if self.failures else 0.0
         logger.error("%s exited with code %s; starting it again in %.0f s", self.name, self.process.returncode, delay)
@@ -124,16 +125,22 @@ def _ensure_secret_key(env: dict[str, str], data_dir: Path) -> None:
     env["DJANGO_SECRET_KEY"] = key_file.read_text().strip()
 
 
+def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _stop(children: list[subprocess.Popen[bytes]]) -> None:
     for child in children:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
+        _kill_group(child.pid, signal.SIGTERM)  # also when the leader died: its group may live on
     deadline = time.monotonic() + 20
     for child in children:
         try:
             child.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
+            _kill_group(child.pid)
             child.wait()
 
 
@@ -146,7 +153,8 @@ def _children(data_dir: Path, host: str, port: int) -> list[Child]:
             "--timeout", "300", "--access-logfile", "-",
         ]),
         Child("search worker", [
-            *celery, "worker", "-Q", "search", "-n", "search@%h", "--concurrency", "1", "--loglevel", "INFO",
+            *celery, "worker", "-Q", "search,housekeeping", "-n", "search@%h", "--concurrency", "1",
+            "--loglevel", "INFO",
         ]),
         Child("index worker", [
             *celery, "worker", "-Q", "index", "-n", "index@%h",

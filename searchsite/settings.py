@@ -234,9 +234,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "index"
 CELERY_TASK_ROUTES = {
     # An exact name wins over the pattern: housekeeping never delays a person's search.
-    "retrieval.tasks.search_purge_expired": {"queue": "index"},
+    "retrieval.tasks.search_purge_expired": {"queue": "housekeeping"},
     "retrieval.tasks.search_*": {"queue": "search"},
-    "retrieval.tasks.work_sweep": {"queue": "search"},  # short; must not wait behind a bulk import
+    # Its own queue, consumed by the search worker in turn with searches: neither a bulk
+    # import nor a backlog of searches holds recovery up.
+    "retrieval.tasks.work_sweep": {"queue": "housekeeping"},
 }
 CELERY_TASK_ALWAYS_EAGER = env.get_bool("LANDMARKS_TASKS_EAGER", False)
 # An unacknowledged message (its worker was killed) comes back after this long; the sweep
@@ -265,7 +267,7 @@ CELERY_BEAT_SCHEDULE = {
     "work-sweep": {
         "task": "retrieval.tasks.work_sweep",
         "schedule": LANDMARKS_SWEEP_SECONDS,
-        "options": {"queue": "search", "expires": LANDMARKS_SWEEP_SECONDS},
+        "options": {"expires": LANDMARKS_SWEEP_SECONDS},
     },
     "search-purge-expired": {"task": "retrieval.tasks.search_purge_expired", "schedule": 3600.0},
 }

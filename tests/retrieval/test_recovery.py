@@ -80,3 +80,22 @@ def test_the_sweep_requests_an_augmentation_lost_to_a_fault() -> None:
     assert recovery.work_sweep().augmentations == 1
     assert Catalog.objects.get(pk=catalog.pk).augment_pending
     assert recovery.work_sweep().augmentations == 0  # requested once
+
+
+def test_the_sweep_queues_again_a_photo_whose_message_was_lost_with_the_broker(settings) -> None:
+    from searchsite.celery import app
+
+    with app.connection_for_write() as connection:
+        connection.default_channel.queue_purge("index")  # the broker lost its data
+    image = _pending_image(created_at=_ago(600), queued_at=_ago(settings.LANDMARKS_TASK_LEASE_SECONDS + 5))
+    assert recovery.work_sweep().images == 1
+    assert CatalogImage.objects.get(pk=image.pk).queued_at > _ago(5)
+
+
+def test_the_sweep_lets_a_live_search_finish_however_old(settings) -> None:
+    live = SearchQuery.objects.create(
+        catalog=CatalogFactory(), sha256="0" * 64, created_at=_ago(settings.LANDMARKS_SEARCH_GIVE_UP_SECONDS + 1),
+        status="running", claimed_by="alive", claimed_at=timezone.now(),
+    )  # fmt: skip
+    assert recovery.work_sweep().searches_given_up == 0
+    assert SearchQuery.objects.get(pk=live.pk).status == "running"
