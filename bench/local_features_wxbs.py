@@ -20,9 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from retrieval.vision.evaluation import load_pair_dataset, median, roc_auc
+from retrieval.vision.datasets import load_pair_dataset
 from retrieval.vision.features import LocalFeatures
 from retrieval.vision.matching import match_descriptors
+from retrieval.vision.metrics import median, roc_auc
 from retrieval.vision.verification import VerificationConfig, _distinct_inliers, verify_matches, verify_pair
 
 

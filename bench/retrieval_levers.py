@@ -44,12 +44,13 @@ def main() -> int:
     from retrieval.extraction import get_extractor, min_inliers
     from retrieval.vision.extractors import matching_config
     from retrieval.services import image_decode
-    from retrieval.vision import evaluation as ev
+    from retrieval.vision.datasets import load_retrieval_dataset
     from retrieval.vision.expansion import alpha_query_expansion, database_side_augmentation
+    from retrieval.vision.metrics import retrieval_metrics
     from retrieval.vision.preprocessing import crop_bbox
     from retrieval.vision.verification import verify_best
 
-    dataset = ev.load_retrieval_dataset(args.dataset)
+    dataset = load_retrieval_dataset(args.dataset)
     extractor = get_extractor(args.spec)
     matching = matching_config(extractor.model_name)
     default_min = min_inliers(extractor.model_name)
@@ -116,7 +117,7 @@ def main() -> int:
     logger.info("| setting | mAP | mP@10 | recall@1 |\n|---|---|---|---|")
     for name, k, n, mi in rows:
         ranked = rank(k, n, None, fused=True) if mi == "fused" else rank(k, n, mi)
-        m = ev.retrieval_metrics(ranked, dataset.queries)
+        m = retrieval_metrics(ranked, dataset.queries)
         logger.info("| %s | %.3f | %.3f | %d/%d |", name, m["mAP"], m["mP@10"], round(m["recall@1"] * len(Q)), len(Q))
     positives = np.array([[ids[j] in q.positives for j in range(len(ids))] for q in dataset.queries])
     logger.info(

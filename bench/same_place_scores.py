@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.vision.evaluation import load_pair_dataset, roc_auc
+from retrieval.vision.datasets import load_pair_dataset
 from retrieval.vision.features import LocalFeatures
+from retrieval.vision.metrics import roc_auc
 from retrieval.vision.verification import Verification, tentative_matches, verify_matches
 
 

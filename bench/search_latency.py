@@ -58,7 +58,7 @@ def main() -> int:
 
     from retrieval.extraction import get_extractor, min_inliers
     from retrieval.services import image_decode
-    from retrieval.vision import evaluation as ev
+    from retrieval.vision.datasets import load_retrieval_dataset
     from retrieval.vision.expansion import alpha_query_expansion, database_side_augmentation
     from retrieval.vision.extractors import matching_config
     from retrieval.vision.features import LocalFeatures
@@ -66,7 +66,7 @@ def main() -> int:
     from retrieval.vision.ranking import answer_decided
     from retrieval.vision.verification import verify_best
 
-    dataset = ev.load_retrieval_dataset(args.dataset)
+    dataset = load_retrieval_dataset(args.dataset)
     extractor = get_extractor(args.spec)
     matching = matching_config(extractor.model_name)
     threshold = min_inliers(extractor.model_name)

@@ -7,5 +7,6 @@ Nothing in this package imports Django. One module per pipeline step:
 - ``extractors``: one module per model, behind the ``Extractor`` interface.
 - ``matching``: local descriptor matching.
 - ``verification``: geometric verification (RANSAC).
-- ``evaluation``: retrieval and recognition metrics.
+- ``datasets``: loading and validating evaluation datasets.
+- ``metrics``: retrieval, recognition and pair metrics.
 """

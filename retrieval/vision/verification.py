@@ -92,12 +92,22 @@ def verify_best(
     inliers, the first on ties. Returns (index into ``query_sets``, its verification)."""
     if not query_sets:
         raise ValueError("no query features to verify")
-    best_index, best = 0, verify_pair(query_sets[0], candidate, config)
-    for index, features in enumerate(query_sets[1:], start=1):
-        result = verify_pair(features, candidate, config)
-        if result.inliers > best.inliers:
-            best_index, best = index, result
-    return best_index, best
+    return most_inliers([verify_pair(features, candidate, config) for features in query_sets])
+
+
+def most_inliers(results: Sequence[Verification]) -> tuple[int, Verification]:
+    """The verification with the most inliers, the first on ties: (its index, it).
+
+    How :func:`verify_best` picks among a query's sizes; the evaluation uses it too when
+    it verifies with several RANSAC seeds. Raises ValueError when ``results`` is empty.
+    """
+    if not results:
+        raise ValueError("no verifications to choose from")
+    best_index = 0
+    for index, result in enumerate(results[1:], start=1):
+        if result.inliers > results[best_index].inliers:
+            best_index = index
+    return best_index, results[best_index]
 
 
 def tentative_matches(

@@ -233,14 +233,6 @@ def test_it_exits_non_zero_from_the_command_line(tmp_path: Path) -> None:
     assert "CommandError" in result.stderr and "dataset folder does not exist" in result.stderr
 
 
-def test_it_groups_pairs_that_share_an_image_file_as_one_place() -> None:
-    from retrieval.evaluation import same_place_groups
-
-    groups = same_place_groups([{"a", "b"}, {"c", "d"}, {"e", "a"}, {"f", "g"}, {"g", "h"}])
-    assert groups[0] == groups[2] and groups[3] == groups[4]
-    assert len({groups[0], groups[1], groups[3]}) == 3
-
-
 def _pairs_only(tiny_dataset: Path, folder: Path, places: dict[str, str] | None = None) -> Path:
     """The tiny pair set alone (no retrieval set), optionally with ``place`` fields."""
     spec = json.loads((tiny_dataset / "pairs.json").read_text())
@@ -254,15 +246,16 @@ def _pairs_only(tiny_dataset: Path, folder: Path, places: dict[str, str] | None 
 
 @pytest.mark.parametrize("given", ["file", "option"])
 def test_pairs_of_one_place_are_never_mismatched(tiny_dataset: Path, tmp_path: Path, given: str) -> None:
-    from retrieval import evaluation
+    from retrieval.evaluation import evaluate
+    from retrieval.vision.datasets import load_pair_dataset
 
     if given == "file":
         folder = _pairs_only(tiny_dataset, tmp_path / "pairs", {"chelsea": "p", "coffee": "p"})
-        result = evaluation.evaluate(None, evaluation.load_pair_dataset(folder), progress=False)
+        result = evaluate(None, load_pair_dataset(folder), progress=False)
     else:
         folder = _pairs_only(tiny_dataset, tmp_path / "pairs")
-        pairs = evaluation.load_pair_dataset(folder)
-        result = evaluation.evaluate(None, pairs, same_place=[["chelsea", "coffee"]], progress=False)
+        pairs = load_pair_dataset(folder)
+        result = evaluate(None, pairs, same_place=[["chelsea", "coffee"]], progress=False)
     report = result.summary["pairs"]
     assert report["true_pairs"] == 3
     assert report["false_pairs"] == 4 and report["same_place_skipped"] == 2  # chelsea x coffee, both ways

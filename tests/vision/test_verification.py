@@ -12,7 +12,9 @@ from retrieval.vision.extractors.rootsift import RootSIFT
 from retrieval.vision.features import LocalFeatures
 from retrieval.vision.matching import match_descriptors
 from retrieval.vision.verification import (
+    Verification,
     VerificationConfig,
+    most_inliers,
     tentative_matches,
     verify_best,
     verify_matches,
@@ -125,6 +127,18 @@ def test_verify_best_keeps_the_query_set_with_the_most_inliers(sift: RootSIFT) -
     index, best = verify_best([unrelated, sift.extract_local(photo)], candidate)
     assert index == 1
     assert best.inliers == verify_pair(sift.extract_local(photo), candidate).inliers > 100
+
+
+def test_most_inliers_keeps_the_first_of_equal_results() -> None:
+    none = np.zeros((0, 2), np.int64)
+    results = [Verification.failed(5), Verification(7, None, none, 9), Verification(7, None, none, 8)]
+    index, best = most_inliers(results)
+    assert index == 1 and best is results[1]
+
+
+def test_most_inliers_refuses_an_empty_list() -> None:
+    with pytest.raises(ValueError, match="no verifications"):
+        most_inliers([])
 
 
 def test_verify_best_refuses_an_empty_query(sift: RootSIFT) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from retrieval import evaluation
-from retrieval.vision.evaluation import DatasetError
+from retrieval.vision.datasets import DatasetError
 
 
 class Command(BaseCommand):

@@ -16,8 +16,9 @@ image2 of every other pair, except pairs that share an image file and so show th
 place) by inliers; estimated homographies are checked against the hand-marked
 correspondences.
 
-The metrics themselves are the framework-free ones of :mod:`retrieval.vision.evaluation`.
-Dataset format: ``docs/datasets.md``.
+The datasets are read by :mod:`retrieval.vision.datasets`, the metrics are the
+framework-free ones of :mod:`retrieval.vision.metrics`, and :mod:`retrieval.evaluation.report`
+renders the summary built here. Dataset format: ``docs/datasets.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import re
 import secrets
 import statistics
 import time
-from collections.abc import Iterator, Mapping, Sequence, Set
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,30 +46,37 @@ from tqdm import tqdm
 from retrieval import extraction, selectors, services
 from retrieval.errors import RetrievalError
 from retrieval.models import Catalog, CatalogImage, Landmark, SearchQuery
-from retrieval.vision.evaluation import (
-    PAIRS_FILE,
-    RETRIEVAL_FILE,
+from retrieval.vision.datasets import (
     DatasetError,
+    ImagePair,
     PairDataset,
     QuerySpec,
     RetrievalDataset,
+    same_place_groups,
+)
+from retrieval.vision.extractors.base import Extractor
+from retrieval.vision.features import ImageFeatures, LocalFeatures
+from retrieval.vision.metrics import (
     epipolar_errors,
     global_average_precision,
-    load_pair_dataset,
-    load_retrieval_dataset,
     pair_metrics,
+    pr_curve,
     rank_by_score,
     recognition_accuracy,
     retrieval_metrics,
     score_queries,
     transfer_errors,
 )
-from retrieval.vision.features import ImageFeatures, LocalFeatures
-from retrieval.vision.verification import Verification, VerificationConfig, tentative_matches, verify_matches
+from retrieval.vision.verification import (
+    Verification,
+    VerificationConfig,
+    most_inliers,
+    tentative_matches,
+    verify_matches,
+)
 
 logger = logging.getLogger(__name__)
 
-METRIC_KEYS = ("mAP", "mP@1", "mP@5", "mP@10", "recall@1", "recall@5", "recall@10")
 # "global": plain cosine similarity of the global descriptors; "shortlist": the order the
 # pgvector shortlist returns (with query expansion and database-side augmentation, where
 # the search's results report it as "similarity"); "verified": the final order.
@@ -77,7 +85,6 @@ RANKINGS = ("global", "shortlist", "verified")
 # hand-marked points is at most this many pixels: the transfer error of a homography, or
 # the symmetric epipolar distance of a fundamental matrix.
 TRANSFER_OK_PX = 10.0
-RECALL_GRID = np.linspace(0.0, 1.0, 101)
 # The deepest ranking one search can return: the shortlist sets pgvector's hnsw.ef_search
 # to its limit, and pgvector accepts at most 1000.
 MAX_SEARCH_DEPTH = 1000
@@ -101,21 +108,6 @@ class Evaluation:
 
 
 # --- entry point ------------------------------------------------------------------------
-
-
-def load_datasets(folder: Path) -> tuple[RetrievalDataset | None, PairDataset | None]:
-    """The retrieval and/or pair set in ``folder``; raises DatasetError when it has neither
-    or one is malformed (before anything touches the database)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DatasetError(f"{folder}: dataset folder does not exist")
-    has_retrieval = (folder / RETRIEVAL_FILE).is_file()
-    has_pairs = (folder / PAIRS_FILE).is_file()
-    if not has_retrieval and not has_pairs:
-        raise DatasetError(f"{folder}: no {RETRIEVAL_FILE} or {PAIRS_FILE} (see docs/datasets.md)")
-    retrieval = load_retrieval_dataset(folder) if has_retrieval else None
-    pairs = load_pair_dataset(folder) if has_pairs else None
-    return retrieval, pairs
 
 
 def evaluate(
@@ -488,30 +480,28 @@ def _candidate_inliers(
     )
 
 
-def pr_curve(ranked_ids: Sequence[str], positives: Set[str], junk: Set[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Recall and precision at each retrieved positive, junk removed first.
-
-    Returns:
-        (P,) recall and (P,) precision, P = positives found in ``ranked_ids`` (a positive
-        missing from the ranking is never reached, so recall may stop short of 1).
-    """
-    kept = [i for i in ranked_ids if i not in junk]
-    ranks = np.flatnonzero([i in positives for i in kept]).astype(np.float64)
-    found = np.arange(1, len(ranks) + 1, dtype=np.float64)
-    return found / max(1, len(positives)), found / (ranks + 1.0)
-
-
-def interpolated_precision(recall: np.ndarray, precision: np.ndarray, grid: np.ndarray = RECALL_GRID) -> np.ndarray:
-    """Precision interpolated at each recall level (best precision at that recall or
-    beyond; 0 past the last positive found)."""
-    out = np.zeros_like(grid)
-    for n, level in enumerate(grid):
-        reached = precision[recall >= level - 1e-12]
-        out[n] = reached.max() if reached.size else 0.0
-    return out
-
-
 # --- pairs --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _PairFeatures:
+    """Every pair's features: image1 as a search query (all its sizes), image2 as a stored
+    catalog photo; ``place[n]`` is pair n's place group (:func:`same_place_groups`)."""
+
+    first: list[ImageFeatures] = dataclasses.field(default_factory=list)
+    second: list[ImageFeatures] = dataclasses.field(default_factory=list)
+    place: list[int] = dataclasses.field(default_factory=list)
+    extract_ms: list[float] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class _PairInliers:
+    """Inlier counts per seed: ``true[s][n]`` is pair n's with ``seeds[s]``; ``false[s]``
+    holds every mismatched pair's; ``combinations`` counts the mismatched pairs per seed."""
+
+    true: list[list[int]]
+    false: list[list[int]]
+    combinations: int = 0
 
 
 def _evaluate_pairs(
@@ -528,50 +518,78 @@ def _evaluate_pairs(
 
     extractor = get_extractor()
     matching = matching_config(extractor.model_name)
-    extract_ms: list[float] = []
-    # What ties pairs to one place: their image files' digests, the file's ``place`` and
-    # the groups given by the caller (``same_place_groups`` joins pairs sharing any).
-    digests: list[set[str]] = [{f"place:{pair.place}"} if pair.place else set() for pair in dataset.pairs]
-    index = {pair.id: n for n, pair in enumerate(dataset.pairs)}
-    for group_number, group in enumerate(same_place):  # ids checked by evaluate()
-        for pair_id in group:
-            digests[index[pair_id]].add(f"same-place:{group_number}")
-
-    def features_of(n: int, path: Path, *, query: bool) -> ImageFeatures:
-        data = path.read_bytes()
-        digests[n].add(hashlib.sha256(data).hexdigest())
-        try:
-            rgb = services.image_decode(data=data)
-        except RetrievalError as exc:
-            raise DatasetError(f"{path}: {exc.message}") from None
-        start = time.perf_counter()
-        features = extractor.extract_query(rgb) if query else extractor.extract(rgb)
-        extract_ms.append((time.perf_counter() - start) * 1000)
-        return features
-
-    # image1 plays the search query (all its sizes), image2 the stored catalog photo.
-    first: list[ImageFeatures] = []
-    second: list[ImageFeatures] = []
-    for pair in tqdm(dataset.pairs, desc="extracting pairs", unit="pair", disable=not progress):
-        first.append(features_of(len(first), pair.image1, query=True))
-        second.append(features_of(len(second), pair.image2, query=False))
-    place = same_place_groups(digests)
+    features = _extract_pairs(dataset, extractor, same_place, progress=progress)
+    inliers = _PairInliers(true=[[] for _ in seeds], false=[[] for _ in seeds])
     verify_ms: list[float] = []
+    rows = _verify_true_pairs(dataset, features, matching, seeds, inliers, verify_ms)
+    _verify_mismatched_pairs(rows, features, matching, seeds, inliers, progress=progress)
+    evaluation.inliers["pairs: true"] = inliers.true[0]
+    evaluation.inliers["pairs: mismatched"] = inliers.false[0]
+    evaluation.summary.setdefault("kind", "pairs")
+    evaluation.summary["pairs"] = _pairs_summary(dataset, rows, inliers, seeds=seeds, same_place=same_place)
+    evaluation.summary["timings_ms"].update(_medians({"pair_extract": features.extract_ms, "pair_verify": verify_ms}))
+
+
+def _place_keys(dataset: PairDataset, same_place: Sequence[Sequence[str]]) -> list[set[str]]:
+    """What ties each pair to a place so far: the file's ``place`` and the groups given by
+    the caller (ids checked by :func:`evaluate`); the image digests are added as the files
+    are read, and ``same_place_groups`` joins pairs sharing any key."""
+    keys: list[set[str]] = [{f"place:{pair.place}"} if pair.place else set() for pair in dataset.pairs]
+    index = {pair.id: n for n, pair in enumerate(dataset.pairs)}
+    for group_number, group in enumerate(same_place):
+        for pair_id in group:
+            keys[index[pair_id]].add(f"same-place:{group_number}")
+    return keys
+
+
+def _extract_pairs(
+    dataset: PairDataset, extractor: Extractor, same_place: Sequence[Sequence[str]], *, progress: bool
+) -> _PairFeatures:
+    """Extract image1 of every pair as a search query (all its sizes) and image2 as a
+    catalog photo, with the server's extractor; group the pairs by place."""
+    keys = _place_keys(dataset, same_place)
+    features = _PairFeatures()
+    for n, pair in enumerate(tqdm(dataset.pairs, desc="extracting pairs", unit="pair", disable=not progress)):
+        features.first.append(_pair_image_features(extractor, pair.image1, keys[n], features.extract_ms, query=True))
+        features.second.append(_pair_image_features(extractor, pair.image2, keys[n], features.extract_ms, query=False))
+    features.place = same_place_groups(keys)
+    return features
+
+
+def _pair_image_features(
+    extractor: Extractor, path: Path, keys: set[str], extract_ms: list[float], *, query: bool
+) -> ImageFeatures:
+    """Decode and extract one pair image, adding its digest to the pair's place ``keys``
+    and the extraction time to ``extract_ms``."""
+    data = path.read_bytes()
+    keys.add(hashlib.sha256(data).hexdigest())
+    try:
+        rgb = services.image_decode(data=data)
+    except RetrievalError as exc:
+        raise DatasetError(f"{path}: {exc.message}") from None
+    start = time.perf_counter()
+    features = extractor.extract_query(rgb) if query else extractor.extract(rgb)
+    extract_ms.append((time.perf_counter() - start) * 1000)
+    return features
+
+
+def _verify_true_pairs(
+    dataset: PairDataset,
+    features: _PairFeatures,
+    matching: VerificationConfig,
+    seeds: Sequence[int],
+    inliers: _PairInliers,
+    verify_ms: list[float],
+) -> list[dict[str, Any]]:
+    """Verify every true pair with each seed (counts into ``inliers.true``); returns the
+    per-pair rows, which are seed 0's."""
     rows: list[dict[str, Any]] = []
-    # Inlier counts per seed: true_inliers[s][n] is pair n's with seeds[s].
-    true_inliers: list[list[int]] = [[] for _ in seeds]
-    false_inliers: list[list[int]] = [[] for _ in seeds]
     for n, pair in enumerate(dataset.pairs):
         start = time.perf_counter()
-        verifications = _verify_with_seeds(first[n].local_sets, second[n].local, matching, seeds)
+        verifications = _verify_with_seeds(features.first[n].local_sets, features.second[n].local, matching, seeds)
         verify_ms.append((time.perf_counter() - start) * 1000 / len(seeds))
         verification = verifications[0]
-        error = math.nan
-        if verification.homography is not None and len(pair.correspondences):
-            error = float(np.median(transfer_errors(verification.homography, pair.correspondences)))
-        elif verification.fundamental is not None and len(pair.correspondences):
-            error = float(np.median(epipolar_errors(verification.fundamental, pair.correspondences)))
-        for counts, v in zip(true_inliers, verifications, strict=True):
+        for counts, v in zip(inliers.true, verifications, strict=True):
             counts.append(v.inliers)
         rows.append(
             {
@@ -579,37 +597,71 @@ def _evaluate_pairs(
                 "subset": pair.subset,
                 "inliers": verification.inliers,
                 "tentative": verification.tentative,
-                "transfer_error_px": _clean(error),
+                "transfer_error_px": _clean(_geometry_error(verification, pair)),
             }
         )
+    return rows
+
+
+def _geometry_error(verification: Verification, pair: ImagePair) -> float:
+    """Median error of the estimated geometry on the pair's marked points: transfer error
+    of a homography, else epipolar distance of a fundamental matrix; nan without either."""
+    if verification.homography is not None and len(pair.correspondences):
+        return float(np.median(transfer_errors(verification.homography, pair.correspondences)))
+    if verification.fundamental is not None and len(pair.correspondences):
+        return float(np.median(epipolar_errors(verification.fundamental, pair.correspondences)))
+    return math.nan
+
+
+def _verify_mismatched_pairs(
+    rows: list[dict[str, Any]],
+    features: _PairFeatures,
+    matching: VerificationConfig,
+    seeds: Sequence[int],
+    inliers: _PairInliers,
+    *,
+    progress: bool,
+) -> None:
+    """Verify image1 of each pair against image2 of every pair of another place (counts
+    into ``inliers.false``; each row gets its ``max_false_inliers``, seed 0's)."""
     # Pairs that share an image file show the same place: never a mismatched pair.
+    place = features.place
     others = [[m for m in range(len(rows)) if place[m] != place[n]] for n in range(len(rows))]
-    total = sum(len(o) for o in others)
-    with tqdm(total=total, desc="mismatched pairs", unit="pair", disable=not progress) as bar:
+    inliers.combinations = sum(len(o) for o in others)
+    with tqdm(total=inliers.combinations, desc="mismatched pairs", unit="pair", disable=not progress) as bar:
         for n, row in enumerate(rows):
-            against = [_verify_with_seeds(first[n].local_sets, second[m].local, matching, seeds) for m in others[n]]
+            query_sets = features.first[n].local_sets
+            against = [_verify_with_seeds(query_sets, features.second[m].local, matching, seeds) for m in others[n]]
             bar.update(len(against))
-            for s, counts in enumerate(false_inliers):
+            for s, counts in enumerate(inliers.false):
                 counts.extend(v[s].inliers for v in against)
             row["max_false_inliers"] = max((v[0].inliers for v in against), default=None)
-    # Medians, histograms and per-pair rows are seed 0's (the server's); the AUC is
-    # reported for every seed and as their mean.
+
+
+def _pairs_summary(
+    dataset: PairDataset,
+    rows: list[dict[str, Any]],
+    inliers: _PairInliers,
+    *,
+    seeds: Sequence[int],
+    same_place: Sequence[Sequence[str]],
+) -> dict[str, Any]:
+    """The report's ``pairs`` section. Medians, histograms and per-pair rows are seed 0's
+    (the server's); the AUC is reported for every seed and as their mean."""
+    true_inliers, false_inliers = inliers.true, inliers.false
     metrics = pair_metrics(true_inliers[0], false_inliers[0])
     aucs = [pair_metrics(t, f)["auc"] for t, f in zip(true_inliers, false_inliers, strict=True)]
     defined = [a for a in aucs if a is not None]
     marked = [row for row, pair in zip(rows, dataset.pairs, strict=True) if len(pair.correspondences)]
     checked = [row["transfer_error_px"] for row in marked]
     errors = [e for e in checked if e is not None]  # a pair without a geometry counts as wrong
-    evaluation.inliers["pairs: true"] = true_inliers[0]
-    evaluation.inliers["pairs: mismatched"] = false_inliers[0]
-    evaluation.summary.setdefault("kind", "pairs")
-    evaluation.summary["pairs"] = _clean(
+    return _clean(
         {
             "name": dataset.name,
             "source": dataset.source,
             "true_pairs": len(true_inliers[0]),
             "false_pairs": len(false_inliers[0]),
-            "same_place_skipped": len(rows) * (len(rows) - 1) - total,
+            "same_place_skipped": len(rows) * (len(rows) - 1) - inliers.combinations,
             "same_place_given": [list(group) for group in same_place],
             "auc": statistics.fmean(defined) if defined else None,
             "ransac_seeds": len(seeds),
@@ -626,14 +678,14 @@ def _evaluate_pairs(
             "per_pair": rows,
         }
     )
-    evaluation.summary["timings_ms"].update(_medians({"pair_extract": extract_ms, "pair_verify": verify_ms}))
 
 
 def _verify_with_seeds(
     query_sets: Sequence[LocalFeatures], candidate: LocalFeatures, matching: VerificationConfig, seeds: Sequence[int]
 ) -> list[Verification]:
-    """Per RANSAC seed, the best verification over the query's feature sets (as
-    ``verify_best`` does for a search); the descriptors are matched once per set."""
+    """Per RANSAC seed, the best verification over the query's feature sets, chosen as
+    ``verify_best`` chooses (:func:`most_inliers`); the descriptors are matched once per
+    set, not once per seed."""
     matches = [tentative_matches(features, candidate, matching) for features in query_sets]
     best: list[Verification] = []
     for seed in seeds:
@@ -642,35 +694,11 @@ def _verify_with_seeds(
             verify_matches(features.keypoints, candidate.keypoints, found, config)
             for features, found in zip(query_sets, matches, strict=True)
         ]
-        best.append(max(results, key=lambda v: v.inliers))  # the first on ties, as verify_best
+        best.append(most_inliers(results)[1])
     return best
 
 
-def same_place_groups(digests: Sequence[Set[str]]) -> list[int]:
-    """Group pairs that share an image file (same content): group number per pair.
-
-    Some public pair sets reuse one photo in two pairs of the same place (WxBS does);
-    mismatched pairs are only formed across groups.
-    """
-    group = list(range(len(digests)))
-
-    def root(n: int) -> int:
-        while group[n] != n:
-            group[n] = group[group[n]]
-            n = group[n]
-        return n
-
-    first_seen: dict[str, int] = {}
-    for n, found in enumerate(digests):
-        for digest in found:
-            if digest in first_seen:
-                group[root(n)] = root(first_seen[digest])
-            else:
-                first_seen[digest] = n
-    return [root(n) for n in range(len(digests))]
-
-
-# --- reports ------------------------------------------------------------------------------
+# --- the summary ----------------------------------------------------------------------------
 
 
 STAGE_ORDER = ("ingest", "index", "augment", "queue", "decode", "extract", "shortlist", "verify", "total")
@@ -693,219 +721,3 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float):
         return None if math.isnan(value) else round(value, 4)
     return value
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
-
-
-def _num(value: float | None, digits: int = 1) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _seed_spread(pairs: Mapping[str, Any]) -> str:
-    """" (mean of N RANSAC seeds, min-max)" when more than one seed was run."""
-    if pairs.get("ransac_seeds", 1) < 2:
-        return ""
-    return f" (mean of {pairs['ransac_seeds']} RANSAC seeds, {_num(pairs['auc_min'], 3)}-{_num(pairs['auc_max'], 3)})"
-
-
-def render_text(summary: Mapping[str, Any]) -> str:
-    """The summary printed by the command."""
-    lines = [f"dataset {summary['dataset']}   model {summary['model']}   {summary['wall_s']} s"]
-    if "global" in summary:
-        lines.append(
-            f"{summary['catalog_images']} catalog images ({summary['indexed_images']} indexed, "
-            f"{len(summary['failed_images'])} failed, {len(summary['duplicate_images'])} duplicates), "
-            f"{summary['queries']} queries ({len(summary['failed_queries'])} failed)"
-        )
-        header = "".join(f"{key:>11}" for key in METRIC_KEYS)
-        lines.append(f"{'(%)':<10}{header}")
-        for name in (n for n in RANKINGS if n in summary):
-            lines.append(f"{name:<10}" + "".join(f"{_pct(summary[name][key]):>11}" for key in METRIC_KEYS))
-        if "recognition" in summary:
-            r = summary["recognition"]
-            lines.append(
-                f"recognition: accuracy {_pct(r['accuracy'])} %, GAP {_pct(r['GAP'])} %, "
-                f"{r['no_match']} of {summary['queries']} no match"
-            )
-        v = summary["verification"]
-        lines.append(
-            f"verified candidates: median inliers {_num(v['positive_median_inliers'])} (positives) vs "
-            f"{_num(v['negative_median_inliers'])} (negatives), AUC {_num(v['auc'], 3)}"
-        )
-    if "pairs" in summary:
-        p = summary["pairs"]
-        lines.append(
-            f"pairs: {p['true_pairs']} true, {p['false_pairs']} mismatched; AUC {_num(p['auc'], 3)}{_seed_spread(p)}; "
-            "median "
-            f"inliers {_num(p['true_median_inliers'])} vs {_num(p['false_median_inliers'])} (max "
-            f"{p['false_max_inliers']}); geometry error on the marked points median "
-            f"{_num(p['transfer_error_median_px'])} px"
-        )
-    if summary["timings_ms"]:
-        stages = ", ".join(f"{stage} {ms:g}" for stage, ms in summary["timings_ms"].items())
-        lines.append(f"median ms: {stages}")
-    return "\n".join(lines)
-
-
-def render_markdown(summary: Mapping[str, Any]) -> str:
-    """A person-readable report with tables."""
-    s = summary
-    out = [f"# Evaluation: {s['dataset']}", ""]
-    out += [f"- model: `{s['model']}`", f"- finished: {s['finished_at']}, wall time {s['wall_s']} s"]
-    settings_text = ", ".join(f"{key}={value}" for key, value in s["settings"].items())
-    out += [f"- settings: {settings_text}", ""]
-    if "global" in s:
-        out += [
-            "## Retrieval",
-            "",
-            f"{s['catalog_images']} catalog images ({s['indexed_images']} indexed, {len(s['failed_images'])} "
-            f"failed, {len(s['duplicate_images'])} duplicates); {s['queries']} queries, {s['scored_queries']} "
-            f"with positives, {len(s['failed_queries'])} failed. Values in %. \"global\" ranks the catalog by "
-            "the plain cosine similarity of the global descriptors; \"shortlist\" is the order of the pgvector "
-            "shortlist (with query expansion and database-side augmentation when enabled); \"verified\" is the "
-            "final order after geometric verification.",
-            "",
-            "| ranking | " + " | ".join(METRIC_KEYS) + " |",
-            "|---|" + "---:|" * len(METRIC_KEYS),
-        ]
-        for name in (n for n in RANKINGS if n in s):
-            out.append(f"| {name} | " + " | ".join(_pct(s[name][key]) for key in METRIC_KEYS) + " |")
-        out.append("")
-        if "recognition" in s:
-            r = s["recognition"]
-            out += [
-                "## Recognition",
-                "",
-                "| accuracy (%) | GAP (%) | no match |",
-                "|---:|---:|---:|",
-                f"| {_pct(r['accuracy'])} | {_pct(r['GAP'])} | {r['no_match']} of {s['queries']} |",
-                "",
-            ]
-        v = s["verification"]
-        out += [
-            "## Verified candidates",
-            "",
-            f"Inliers of the first {s['settings']['verify_top']} candidates by similarity "
-            f"(min_inliers = {s['settings']['min_inliers']}):",
-            "",
-            "| | candidates | median inliers |",
-            "|---|---:|---:|",
-            f"| positives | {v['positive_candidates']} | {_num(v['positive_median_inliers'])} |",
-            f"| negatives | {v['negative_candidates']} | {_num(v['negative_median_inliers'])} |",
-            "",
-            f"AUC (positives vs negatives by inliers): {_num(v['auc'], 3)}",
-            "",
-            "## Queries",
-            "",
-            "| query | landmark | AP global | AP verified | top result | its inliers | verified results "
-            "| recognised | confidence |",
-            "|---|---|---:|---:|---|---:|---:|---|---:|",
-        ]
-        for q in s["per_query"]:
-            out.append(
-                f"| {q['id']} | {q['landmark'] or ''} | {_pct(q.get('ap_global'))} | {_pct(q.get('ap_verified'))} "
-                f"| {q['top_verified'] or ''} | {q['top_inliers'] if q['top_inliers'] is not None else ''} "
-                f"| {q['verified_results']} "
-                f"| {q['recognised'] or ('error: ' + q['error'] if q['error'] else 'no match')} "
-                f"| {_num(q['confidence'], 2) if q['confidence'] is not None else ''} |"
-            )
-        out.append("")
-        if s["failed_images"]:
-            out += ["Failed catalog images:", ""] + [f"- {f['id']}: {f['reason']}" for f in s["failed_images"]]
-            out.append("")
-    if "pairs" in s:
-        p = s["pairs"]
-        within = next(key for key in p if key.startswith("transfer_within_"))
-        out += [
-            "## Pairs",
-            "",
-            f"{p['true_pairs']} true pairs; {p['false_pairs']} mismatched pairs (image1 of each pair against "
-            f"image2 of every other pair; {p['same_place_skipped']} combinations of pairs that share an image "
-            "file or a place were skipped as the same place"
-            + (
-                f"; given as the same place: {'; '.join(', '.join(g) for g in p['same_place_given'])}"
-                if p.get("same_place_given")
-                else ""
-            )
-            + ").",
-            "",
-            "| AUC | median inliers, true | median inliers, mismatched | max inliers, mismatched "
-            f"| median geometry error (px) | {within.replace('_', ' ')} (%) |",
-            "|---:|---:|---:|---:|---:|---:|",
-            f"| {_num(p['auc'], 3)}{_seed_spread(p)} | {_num(p['true_median_inliers'])} "
-            f"| {_num(p['false_median_inliers'])} | {p['false_max_inliers']} | {_num(p['transfer_error_median_px'])} "
-            f"| {_pct(p[within])} |",
-            "",
-            "The AUC is the mean over RANSAC seeds 0..N-1 (`--ransac-seeds N`); the inlier columns and the "
-            "rows below are seed 0's, the server's.",
-            "",
-            "| pair | inliers | tentative | geometry error (px) | max mismatched inliers |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for row in p["per_pair"]:
-            out.append(
-                f"| {row['id']} | {row['inliers']} | {row['tentative']} | {_num(row['transfer_error_px'])} "
-                f"| {row['max_false_inliers']} |"
-            )
-        out.append("")
-    if s["timings_ms"]:
-        out += ["## Timings (median ms)", "", "| stage | ms |", "|---|---:|"]
-        out += [f"| {stage} | {ms:g} |" for stage, ms in s["timings_ms"].items()]
-        out.append("")
-    return "\n".join(out)
-
-
-def write_plots(evaluation: Evaluation, folder: Path) -> list[Path]:
-    """Precision-recall curves (global vs verified) and inlier histograms as PNG files."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    name = evaluation.summary["dataset"]
-    if any(evaluation.pr_curves.values()):
-        fig, ax = plt.subplots(figsize=(6, 5))
-        styles = (("tab:blue", "-"), ("tab:green", "-"), ("tab:orange", "--"))  # verified dashed: often on top
-        for ranking, (color, style) in zip(RANKINGS, styles, strict=True):
-            curves = evaluation.pr_curves.get(ranking, [])
-            for recall, precision in curves:
-                ax.plot(recall, precision, color=color, alpha=0.15, linewidth=0.8)
-            if curves:
-                mean = np.mean([interpolated_precision(r, p) for r, p in curves], axis=0)
-                m_ap = evaluation.summary[ranking]["mAP"]
-                label = f"{ranking} (mAP {_pct(m_ap)} %)"
-                ax.plot(RECALL_GRID, mean, color=color, linestyle=style, linewidth=2.5, label=label)
-        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
-        ax.set_title(f"{name}: precision-recall (thin: per query, thick: mean interpolated)", fontsize=9)
-        ax.legend(loc="lower left")
-        ax.grid(alpha=0.3)
-        written.append(_save(fig, folder / "precision_recall.png"))
-    for prefix, filename in (("retrieval", "candidate_inliers.png"), ("pairs", "pair_inliers.png")):
-        groups = {key: v for key, v in evaluation.inliers.items() if key.startswith(prefix + ":")}
-        if not any(groups.values()):
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        top = max(max(v, default=0) for v in groups.values())
-        bins = np.arange(0, top + 2) if top <= 60 else np.linspace(0, top + 1, 61)
-        for (key, values), color in zip(groups.items(), ("tab:green", "tab:red"), strict=False):
-            ax.hist(values, bins=bins, alpha=0.6, color=color, label=f"{key.split(': ')[1]} (n={len(values)})")
-        ax.axvline(extraction.min_inliers(settings.LANDMARKS_EXTRACTOR), color="black", linestyle="--", linewidth=1, label="min_inliers")
-        ax.set_yscale("log")
-        ax.set(xlabel="inliers", ylabel="count")
-        ax.set_title(f"{name}: inliers, {prefix}", fontsize=9)
-        ax.legend()
-        written.append(_save(fig, folder / filename))
-    return written
-
-
-def _save(fig: Any, path: Path) -> Path:
-    from matplotlib import pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

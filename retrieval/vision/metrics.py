@@ -1,7 +1,8 @@
-"""Retrieval, recognition and pair metrics, and the evaluation-dataset loaders.
+"""Retrieval, recognition and pair metrics: pure functions of rankings and scores.
 
 Pure numpy: nothing here imports Django or TensorFlow, so the ``evaluate`` command, the
-benchmarks and the tests can all score results the same way.
+benchmarks and the tests can all score results the same way. The datasets these metrics
+score are read by :mod:`retrieval.vision.datasets`.
 
 Retrieval scoring follows the Revisited Oxford/Paris protocol (Radenovic et al., CVPR 2018;
 ``revisitop`` / cirtorch ``compute_map``), see ``/work/shared/datasets/FORMAT.md``:
@@ -24,21 +25,18 @@ ranking, mismatched lengths, NaN confidences) raises ``ValueError``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import numbers
 from collections import Counter
 from collections.abc import Mapping, Sequence, Set
-from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from retrieval.vision.datasets import QuerySpec
+
 KAPPAS: tuple[int, ...] = (1, 5, 10)
 """The cut-offs k reported by :func:`retrieval_metrics` (Revisited Oxford/Paris)."""
-
-RETRIEVAL_FILE = "dataset.json"
-PAIRS_FILE = "pairs.json"
 
 
 # ---------------------------------------------------------------------------------------
@@ -299,6 +297,46 @@ def retrieval_metrics(
 
 
 # ---------------------------------------------------------------------------------------
+# Precision-recall curves
+# ---------------------------------------------------------------------------------------
+
+
+RECALL_GRID = np.linspace(0.0, 1.0, 101)
+"""The recall levels at which :func:`interpolated_precision` samples a curve."""
+
+
+def pr_curve(ranked_ids: Sequence[str], positives: Set[str], junk: Set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Recall and precision at each retrieved positive, junk removed first.
+
+    Returns:
+        (P,) recall and (P,) precision, P = positives found in ``ranked_ids`` (a positive
+        missing from the ranking is never reached, so recall may stop short of 1).
+    """
+    kept = [i for i in ranked_ids if i not in junk]
+    ranks = np.flatnonzero([i in positives for i in kept]).astype(np.float64)
+    found = np.arange(1, len(ranks) + 1, dtype=np.float64)
+    return found / max(1, len(positives)), found / (ranks + 1.0)
+
+
+def interpolated_precision(recall: np.ndarray, precision: np.ndarray, grid: np.ndarray = RECALL_GRID) -> np.ndarray:
+    """Precision interpolated at each recall level (best precision at that recall or
+    beyond; 0 past the last positive found).
+
+    Args:
+        recall: (P,) and precision: (P,), as :func:`pr_curve` returns them.
+        grid: (G,) recall levels.
+
+    Returns:
+        (G,) precision at each level.
+    """
+    out = np.zeros_like(grid)
+    for n, level in enumerate(grid):
+        reached = precision[recall >= level - 1e-12]
+        out[n] = reached.max() if reached.size else 0.0
+    return out
+
+
+# ---------------------------------------------------------------------------------------
 # Recognition metrics
 # ---------------------------------------------------------------------------------------
 
@@ -515,325 +553,3 @@ def _homogeneous_pairs(
         raise ValueError(f"correspondences must be (N, 4), got {c.shape}")
     ones = np.ones((len(c), 1))
     return m, np.hstack([c[:, :2], ones]), np.hstack([c[:, 2:], ones])
-
-
-# ---------------------------------------------------------------------------------------
-# Datasets
-# ---------------------------------------------------------------------------------------
-
-
-class DatasetError(ValueError):
-    """An evaluation dataset folder or its JSON file is missing or malformed."""
-
-
-BBox = tuple[float, float, float, float]
-
-
-@dataclasses.dataclass(frozen=True)
-class CatalogImage:
-    """One catalog image. ``path`` is absolute (folder / relative path)."""
-
-    id: str
-    path: Path
-    landmark: str | None
-
-
-@dataclasses.dataclass(frozen=True)
-class QuerySpec:
-    """One query and its ground truth.
-
-    Attributes:
-        id: query id (may equal a catalog id in leave-one-out sets; then it is junk).
-        path: absolute path of the query image.
-        landmark: the landmark shown, if known.
-        bbox: ``(x1, y1, x2, y2)`` region of interest in query-image pixels, or ``None``.
-        positives: catalog ids that are correct answers (may be empty: not scored).
-        junk: catalog ids removed from the ranking before scoring.
-    """
-
-    id: str
-    path: Path
-    landmark: str | None
-    bbox: BBox | None
-    positives: frozenset[str]
-    junk: frozenset[str]
-
-
-@dataclasses.dataclass(frozen=True)
-class RetrievalDataset:
-    """A loaded ``dataset.json`` (kind ``retrieval``)."""
-
-    name: str
-    source: str | None
-    folder: Path
-    images: tuple[CatalogImage, ...]
-    queries: tuple[QuerySpec, ...]
-
-    def landmark_of(self) -> dict[str, str | None]:
-        """Catalog id -> landmark (``None`` where the catalog gives none)."""
-        return {image.id: image.landmark for image in self.images}
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ImagePair:
-    """One pair of ``pairs.json``.
-
-    Attributes:
-        id: pair id.
-        image1, image2: absolute image paths.
-        correspondences: (N, 4) float64 rows ``[x1, y1, x2, y2]``, image1 -> image2 pixels.
-        subset: e.g. ``"WGABS"`` when the file gives one.
-        place: the place shown, when the file gives one: pairs of the same place are
-            never combined into a mismatched pair.
-    """
-
-    id: str
-    image1: Path
-    image2: Path
-    correspondences: np.ndarray
-    subset: str | None
-    place: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class PairDataset:
-    """A loaded ``pairs.json`` (kind ``pairs``)."""
-
-    name: str
-    source: str | None
-    folder: Path
-    pairs: tuple[ImagePair, ...]
-
-
-def mismatched_pairs(pairs: Sequence[ImagePair]) -> list[tuple[Path, Path]]:
-    """Deterministic negatives: image1 of pair i with image2 of pair (i + 1) mod n.
-
-    Args:
-        pairs: (n,) true pairs, n >= 2 for any negative.
-
-    Returns:
-        n ``(image1, image2)`` path tuples showing different places (empty when n < 2).
-    """
-    n = len(pairs)
-    if n < 2:
-        return []
-    return [(pairs[i].image1, pairs[(i + 1) % n].image2) for i in range(n)]
-
-
-class _Reader:
-    """Strict accessors that raise :class:`DatasetError` naming file and location."""
-
-    def __init__(self, json_path: Path) -> None:
-        self.json_path = json_path
-        self.folder = json_path.parent
-
-    def fail(self, where: str, problem: str) -> DatasetError:
-        return DatasetError(f"{self.json_path}: {where}: {problem}")
-
-    def load(self, kind: str) -> dict[str, Any]:
-        if not self.folder.is_dir():
-            raise DatasetError(f"{self.folder}: dataset folder does not exist")
-        if not self.json_path.is_file():
-            other = PAIRS_FILE if self.json_path.name == RETRIEVAL_FILE else RETRIEVAL_FILE
-            hint = ""
-            if (self.folder / other).is_file():
-                hint = f" (it has {other}: another kind of dataset)"
-            raise DatasetError(f"{self.folder}: missing {self.json_path.name}{hint}")
-        try:
-            data = json.loads(self.json_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DatasetError(f"{self.json_path}: invalid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise self.fail("top level", f"expected an object, got {type(data).__name__}")
-        self.key(data, "kind", str, "top level")
-        if data["kind"] != kind:
-            raise self.fail("top level", f"kind must be {kind!r}, got {data['kind']!r}")
-        self.key(data, "name", str, "top level")
-        self.optional(data, "source", str, "top level")
-        return data
-
-    def key(self, obj: dict[str, Any], key: str, typ: type, where: str) -> Any:
-        if key not in obj:
-            raise self.fail(where, f"missing key {key!r}")
-        return self.check(obj[key], typ, f"{where}.{key}" if where != "top level" else key)
-
-    def optional(self, obj: dict[str, Any], key: str, typ: type, where: str) -> Any:
-        if obj.get(key) is None:
-            return None
-        return self.key(obj, key, typ, where)
-
-    def check(self, value: Any, typ: type, where: str) -> Any:
-        if not isinstance(value, typ) or (typ is str and not value):
-            expected = "a non-empty string" if typ is str else f"a {typ.__name__}"
-            raise self.fail(where, f"expected {expected}, got {value!r:.80}")
-        return value
-
-    def objects(self, data: dict[str, Any], key: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.key(data, key, list, "top level")
-        if not items:
-            raise self.fail(key, "is empty")
-        for n, item in enumerate(items):
-            self.check(item, dict, f"{key}[{n}]")
-        return items
-
-    def unique_ids(self, items: list[dict[str, Any]], key: str) -> list[str]:
-        ids = [self.key(item, "id", str, f"{key}[{n}]") for n, item in enumerate(items)]
-        seen: set[str] = set()
-        for n, i in enumerate(ids):
-            if i in seen:
-                raise self.fail(f"{key}[{n}]", f"duplicate id {i!r}")
-            seen.add(i)
-        return ids
-
-    def path(self, obj: dict[str, Any], key: str, where: str, check_files: bool) -> Path:
-        raw = self.key(obj, key, str, where)
-        rel = PurePosixPath(raw)
-        if rel.is_absolute() or "\\" in raw or ".." in rel.parts or raw.startswith("~"):
-            raise self.fail(f"{where}.{key}", f"path {raw!r} must stay inside the dataset folder")
-        path = self.folder / rel
-        if check_files and not path.is_file():
-            raise self.fail(f"{where}.{key}", f"image file {raw!r} does not exist")
-        return path
-
-    def numbers(self, value: Any, where: str) -> list[float]:
-        if not isinstance(value, list):
-            raise self.fail(where, f"expected a list of numbers, got {value!r:.80}")
-        for v in value:
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-                raise self.fail(where, f"expected finite numbers, got {v!r}")
-        return [float(v) for v in value]
-
-    def bbox(self, obj: dict[str, Any], where: str) -> BBox | None:
-        if obj.get("bbox") is None:
-            return None
-        box = self.numbers(obj["bbox"], f"{where}.bbox")
-        if len(box) != 4:
-            raise self.fail(f"{where}.bbox", f"expected [x1, y1, x2, y2], got {len(box)} numbers")
-        x1, y1, x2, y2 = box
-        if not (x1 < x2 and y1 < y2):
-            raise self.fail(f"{where}.bbox", f"needs x1 < x2 and y1 < y2, got {box}")
-        return (x1, y1, x2, y2)
-
-    def id_list(self, obj: dict[str, Any], key: str, where: str, known: Set[str]) -> frozenset[str]:
-        ids = self.key(obj, key, list, where)
-        for i in ids:
-            self.check(i, str, f"{where}.{key}")
-        if len(set(ids)) != len(ids):
-            raise self.fail(f"{where}.{key}", "lists an id more than once")
-        unknown = sorted(set(ids) - known)
-        if unknown:
-            raise self.fail(
-                f"{where}.{key}",
-                f"{len(unknown)} unknown catalog ids: {', '.join(unknown[:5])}",
-            )
-        return frozenset(ids)
-
-
-def load_retrieval_dataset(folder: str | Path, *, check_files: bool = True) -> RetrievalDataset:
-    """Load and validate ``folder/dataset.json`` (FORMAT.md, kind ``retrieval``).
-
-    Checks: the file exists and is JSON; ``kind == "retrieval"``; ``name``, ``images`` and
-    ``queries`` are present; ``images`` and ``queries`` are non-empty lists of objects
-    with unique non-empty ``id``; every ``path`` is relative, free of ``..`` and (with
-    ``check_files``) names an existing file; ``landmark`` is a string or absent/null;
-    ``positives`` and ``junk`` (``junk`` may be absent) are lists of known catalog ids,
-    without repeats, disjoint;
-    ``bbox`` is absent/null or 4 finite numbers with x1 < x2 and y1 < y2. Unknown keys are
-    ignored. Queries with empty ``positives`` are allowed (the metrics skip them).
-
-    Args:
-        folder: the dataset folder.
-        check_files: check that every image file exists.
-
-    Raises:
-        DatasetError: the first problem found, naming the file and the entry.
-    """
-    folder = Path(folder).absolute()
-    reader = _Reader(folder / RETRIEVAL_FILE)
-    data = reader.load("retrieval")
-    items = reader.objects(data, "images")
-    image_ids = reader.unique_ids(items, "images")
-    images = tuple(
-        CatalogImage(
-            id=image_id,
-            path=reader.path(item, "path", f"images[{n}]", check_files),
-            landmark=reader.optional(item, "landmark", str, f"images[{n}]"),
-        )
-        for n, (image_id, item) in enumerate(zip(image_ids, items, strict=True))
-    )
-    known = frozenset(image_ids)
-    items = reader.objects(data, "queries")
-    query_ids = reader.unique_ids(items, "queries")
-    queries = []
-    for n, (query_id, item) in enumerate(zip(query_ids, items, strict=True)):
-        where = f"queries[{n}] ({query_id})"
-        positives = reader.id_list(item, "positives", where, known)
-        junk = reader.id_list(item, "junk", where, known) if "junk" in item else frozenset()
-        if positives & junk:
-            both = ", ".join(sorted(positives & junk)[:5])
-            raise reader.fail(where, f"ids both positive and junk: {both}")
-        queries.append(
-            QuerySpec(
-                id=query_id,
-                path=reader.path(item, "path", where, check_files),
-                landmark=reader.optional(item, "landmark", str, where),
-                bbox=reader.bbox(item, where),
-                positives=positives,
-                junk=junk,
-            )
-        )
-    return RetrievalDataset(
-        name=data["name"],
-        source=data.get("source"),
-        folder=folder,
-        images=images,
-        queries=tuple(queries),
-    )
-
-
-def load_pair_dataset(folder: str | Path, *, check_files: bool = True) -> PairDataset:
-    """Load and validate ``folder/pairs.json`` (FORMAT.md, kind ``pairs``).
-
-    Checks: the file exists and is JSON; ``kind == "pairs"``; ``name`` and a non-empty
-    ``pairs`` list of objects with unique ``id``; ``image1`` / ``image2`` paths as in
-    :func:`load_retrieval_dataset`; ``correspondences`` a list of ``[x1, y1, x2, y2]``
-    finite numbers (may be empty); ``subset`` and ``place`` strings or absent.
-
-    Args:
-        folder: the dataset folder.
-        check_files: check that every image file exists.
-
-    Raises:
-        DatasetError: the first problem found, naming the file and the entry.
-    """
-    folder = Path(folder).absolute()
-    reader = _Reader(folder / PAIRS_FILE)
-    data = reader.load("pairs")
-    items = reader.objects(data, "pairs")
-    ids = reader.unique_ids(items, "pairs")
-    pairs = []
-    for n, (pair_id, item) in enumerate(zip(ids, items, strict=True)):
-        where = f"pairs[{n}] ({pair_id})"
-        rows = reader.key(item, "correspondences", list, where)
-        points = []
-        for r, row in enumerate(rows):
-            point = reader.numbers(row, f"{where}.correspondences[{r}]")
-            if len(point) != 4:
-                raise reader.fail(
-                    f"{where}.correspondences[{r}]",
-                    f"expected [x1, y1, x2, y2], got {len(point)} numbers",
-                )
-            points.append(point)
-        pairs.append(
-            ImagePair(
-                id=pair_id,
-                image1=reader.path(item, "image1", where, check_files),
-                image2=reader.path(item, "image2", where, check_files),
-                correspondences=np.array(points, dtype=np.float64).reshape(-1, 4),
-                subset=reader.optional(item, "subset", str, where),
-                place=reader.optional(item, "place", str, where),
-            )
-        )
-    return PairDataset(
-        name=data["name"], source=data.get("source"), folder=folder, pairs=tuple(pairs)
-    )
