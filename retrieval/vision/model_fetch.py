@@ -338,6 +338,35 @@ def fetch(
     sha256 matches a known checksum (the registry's or ``sha256``); a local file with
     no known checksum is installed with a warning showing its sha256.
     """
+    kind, settings, expected = _what_to_install(name, kind=kind, sha256=sha256)
+    target = installed_root(cache_dir) / name
+    if not force and target.exists():
+        raise FetchError(f"{name} is already installed in {target}; pass --force to replace it")
+    request = _Request(name=name, kind=kind, settings=settings, expected=expected, cache_dir=cache_dir, force=force)
+    if from_file is not None:
+        return _install_file(request, Path(from_file).expanduser(), log=log)
+    official = OFFICIAL_MODELS.get(name)
+    url = url or (official.url if official is not None else None)
+    if url is None:
+        raise FetchError(f"{name} is not an official model: pass --url URL or --from-file FILE")
+    return _install_download(request, url, timeout=timeout, progress=progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """What ``fetch`` installs: checked name and kind, settings, the sha256 to expect."""
+
+    name: str
+    kind: str
+    settings: ExtractionSettings
+    expected: str | None
+    cache_dir: Path
+    force: bool
+
+
+def _what_to_install(name: str, *, kind: str | None, sha256: str | None) -> tuple[str, ExtractionSettings, str | None]:
+    """(kind, extraction settings, expected sha256 or None) of model ``name``; FetchError
+    when the name, kind or checksum contradicts the registry of official models."""
     try:
         validate_name(name)
     except ValueError as exc:
@@ -359,42 +388,40 @@ def fetch(
                 f"--sha256 {expected} differs from the checksum recorded for {name}: {official.sha256}"
             )
         expected = official.sha256
-    target = installed_root(cache_dir) / name
-    if not force and target.exists():
-        raise FetchError(f"{name} is already installed in {target}; pass --force to replace it")
+    return kind, settings, expected
 
-    if from_file is not None:
-        source_path = Path(from_file).expanduser()
-        if not source_path.exists():
-            raise FetchError(f"no such file: {source_path}")
-        actual = tree_sha256(source_path, exclude=()) if source_path.is_dir() else file_sha256(source_path)
-        _check(actual, expected, what=str(source_path))
-        if expected is None:
-            log(f"warning: no known checksum for {name}; installing {source_path} unverified (sha256 {actual})")
-        model = install(
-            name=name, kind=kind, source_path=source_path, source=f"file:{source_path.resolve()}",
-            sha256=actual, cache_dir=cache_dir, settings=settings, force=force,
-        )  # fmt: skip
-        return FetchResult(model, verified=expected is not None)
 
-    url = url or (official.url if official is not None else None)
-    if url is None:
-        raise FetchError(f"{name} is not an official model: pass --url URL or --from-file FILE")
+def _install_file(request: _Request, source_path: Path, *, log: Callable[[str], None]) -> FetchResult:
+    if not source_path.exists():
+        raise FetchError(f"no such file: {source_path}")
+    actual = tree_sha256(source_path, exclude=()) if source_path.is_dir() else file_sha256(source_path)
+    _check(actual, request.expected, what=str(source_path))
+    if request.expected is None:
+        log(f"warning: no known checksum for {request.name}; installing {source_path} unverified (sha256 {actual})")
+    model = install(
+        name=request.name, kind=request.kind, source_path=source_path, source=f"file:{source_path.resolve()}",
+        sha256=actual, cache_dir=request.cache_dir, settings=request.settings, force=request.force,
+    )  # fmt: skip
+    return FetchResult(model, verified=request.expected is not None)
+
+
+def _install_download(request: _Request, url: str, *, timeout: float, progress: bool) -> FetchResult:
+    name = request.name
     if urllib.parse.urlparse(url).scheme not in ("http", "https"):
         raise FetchError(f"only http and https downloads are supported, not {url!r}")
-    if expected is None:
+    if request.expected is None:
         raise FetchError(
             f"no checksum is known for {name}, so a download cannot be verified and is not installed. "
             f"Download {url} yourself, check its sha256 against a source you trust, then run "
             f"`manage.py fetch_model {name} --sha256 HEX` (or with --from-file FILE)"
         )
-    downloads = Path(cache_dir) / "downloads"
+    downloads = Path(request.cache_dir) / "downloads"
     path, actual = download(url, downloads, name=name, timeout=timeout, progress=progress)
     try:
-        _check(actual, expected, what=url)
+        _check(actual, request.expected, what=url)
         model = install(
-            name=name, kind=kind, source_path=path, source=url, sha256=actual,
-            cache_dir=cache_dir, settings=settings, force=force,
+            name=name, kind=request.kind, source_path=path, source=url, sha256=actual,
+            cache_dir=request.cache_dir, settings=request.settings, force=request.force,
         )  # fmt: skip
     finally:
         path.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from retrieval import selectors
 
-BACKBONES = ("lite0", "lite2", "resnet50")  # retrieval.vision.extractors.delg_training.delg_model.BACKBONES (no TF here)
+BACKBONES = ("lite0", "lite2", "resnet50")  # retrieval.vision.training.delg_model.BACKBONES (no TF here)
 SERVING_SCALES = (0.7071, 1.0, 1.4142)
 
 
@@ -68,8 +68,8 @@ class Command(BaseCommand):
 
         data = self._training_set(catalog, max_side=max(serving_size, round(1.25 * options["image_size"])))
         from retrieval.vision import model_fetch
-        from retrieval.vision.extractors.delg_training import trainer
-        from retrieval.vision.extractors.delg_training.delg_model import DelgConfig
+        from retrieval.vision.training import trainer
+        from retrieval.vision.training.delg_model import DelgConfig
 
         train_settings = trainer.TrainingSettings(
             image_size=options["image_size"],

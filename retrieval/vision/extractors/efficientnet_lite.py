@@ -36,9 +36,9 @@ import numpy as np
 import tensorflow as tf
 
 from retrieval.vision.extractors.base import GlobalExtractor
-from retrieval.vision.extractors.keras_weights import assign_weights, save_weights
-from retrieval.vision.extractors.torch_weights import load_state_dict
 from retrieval.vision.preprocessing import resize_long_side
+from retrieval.vision.weights.keras_weights import assign_weights, save_weights
+from retrieval.vision.weights.torch_weights import load_state_dict
 
 logger = logging.getLogger(__name__)
 

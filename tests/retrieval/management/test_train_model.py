@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from retrieval.models import Catalog, CatalogImage, ReindexJob
 from tests.conftest import encode
 from tests.factories import CatalogFactory, CatalogImageFactory, LandmarkFactory
-from tests.vision.extractors.delg_training.test_delg_training import MODELS_CACHE, labelled_photos
+from tests.vision.training.test_delg_training import MODELS_CACHE, labelled_photos
 
 pytestmark = pytest.mark.django_db
 

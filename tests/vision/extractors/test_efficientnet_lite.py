@@ -24,7 +24,7 @@ from retrieval.vision.extractors.efficientnet_lite import (  # noqa: E402
     infer_block_specs,
     load_efficientnet_lite,
 )
-from retrieval.vision.extractors.torch_weights import load_state_dict  # noqa: E402
+from retrieval.vision.weights.torch_weights import load_state_dict  # noqa: E402
 
 # Logits of the PyTorch reference (efficientnet-lite-pytorch 0.1.0, torch 2.14, eval mode)
 # on _gradient_image(): top 5 classes and three others, rounded to 1e-4.

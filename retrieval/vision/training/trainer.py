@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from retrieval.vision.extractors.delg_training.delg_model import DelgConfig, DelgNetwork, build_backbone, export_saved_model
+from retrieval.vision.training.delg_model import DelgConfig, DelgNetwork, build_backbone, export_saved_model
 
 logger = logging.getLogger(__name__)
 

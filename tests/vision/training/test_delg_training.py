@@ -13,12 +13,12 @@ import pytest
 from retrieval.vision.extractors.delg import DelgExtractor
 from retrieval.vision.model_fetch import install, tree_sha256
 from retrieval.vision.model_registry import ExtractionSettings
-from retrieval.vision.extractors.delg_training.delg_model import DelgConfig, arcface_logits
-from retrieval.vision.extractors.delg_training.trainer import TrainingSettings, export, stratified_split, train
+from retrieval.vision.training.delg_model import DelgConfig, arcface_logits
+from retrieval.vision.training.trainer import TrainingSettings, export, stratified_split, train
 from tests.conftest import load_photo
 
 LANDMARKS = ("astronaut.png", "chelsea.png", "coffee.png")
-MODELS_CACHE = Path(__file__).resolve().parents[4] / "var" / "models"
+MODELS_CACHE = Path(__file__).resolve().parents[3] / "var" / "models"
 
 
 def labelled_photos(seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
