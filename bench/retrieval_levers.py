@@ -45,7 +45,8 @@ def main() -> int:
     from retrieval.vision.extractors import matching_config
     from retrieval.services import image_decode
     from retrieval.vision.datasets import load_retrieval_dataset
-    from retrieval.vision.expansion import alpha_query_expansion, database_side_augmentation
+    from retrieval.vision.expansion import database_side_augmentation
+    from retrieval.vision.shortlist import exact_nearest, expanded_shortlist
     from retrieval.vision.metrics import retrieval_metrics
     from retrieval.vision.preprocessing import crop_bbox
     from retrieval.vision.verification import verify_best
@@ -83,13 +84,12 @@ def main() -> int:
         inl_centre, inl_spread = robust_stats(inliers.ravel().astype(float))
         rankings = {}
         for qi, query in enumerate(dataset.queries):
-            sims = base @ Q[qi]
-            short = np.argsort(-sims, kind="stable")[: args.shortlist]
-            if qe_n:
-                top = short[:qe_n]
-                expanded = alpha_query_expansion(Q[qi], base[top], sims[top])
-                sims = base @ expanded
-                short = np.argsort(-sims, kind="stable")[: args.shortlist]
+            shortlist = expanded_shortlist(
+                Q[qi], nearest=exact_nearest(base), vectors_of=lambda rows: base[rows],
+                limit=args.shortlist, expansion_neighbours=qe_n, alpha=3.0,
+            )  # fmt: skip
+            short = np.array([j for j, _ in shortlist.ranked])
+            sims = base @ shortlist.query
             score = sims[short]
             if fused:
                 score = (score - sim_centre) / sim_spread + (inliers[qi, short] - inl_centre) / inl_spread

@@ -77,11 +77,8 @@ class CatalogImageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Index again")
     def reindex_images(self, request: HttpRequest, queryset: QuerySet[CatalogImage]) -> None:
-        ids = list(queryset.values_list("pk", flat=True))
-        queryset.update(status=CatalogImage.Status.PENDING, failure_reason="")
-        for image_id in ids:
-            services._enqueue("index_image", image_id)
-        self.message_user(request, f"{len(ids)} image(s) queued for indexing.")
+        count = services.images_requeue(image_ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{count} image(s) queued for indexing.")
 
     def get_urls(self) -> list:
         custom = [path("upload/", self.admin_site.admin_view(self.upload_view), name="retrieval_catalogimage_upload")]

@@ -9,7 +9,7 @@ A row's task can be lost in three ways, each seen in the row itself:
   queue is empty -> queue it again;
 - its worker was killed while working: ``processing``/``running`` with a claim that shows
   no progress for LANDMARKS_TASK_LEASE_SECONDS -> queue it again; the new task takes the
-  stale claim over (``services._claim``), and gives up after LANDMARKS_TASK_MAX_ATTEMPTS.
+  stale claim over (``services.queueing.claim``), and gives up after LANDMARKS_TASK_MAX_ATTEMPTS.
 
 Sending a task twice is harmless: every task claims its row before working.
 """
@@ -20,12 +20,14 @@ import dataclasses
 import logging
 from datetime import datetime, timedelta
 
+from celery import Task
 from django.conf import settings
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from retrieval import services
+from retrieval import services, tasks
 from retrieval.models import Catalog, CatalogImage, ImageDescriptor, ReindexJob, SearchQuery
+from retrieval.services import queueing
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +68,13 @@ def work_sweep(*, now: datetime | None = None) -> SweepReport:
         claimed_at=None,
     )
     report.searches = _resend(
-        SearchQuery.objects.all(), "search_run", "search", busy=SearchQuery.Status.RUNNING, now=now, lease=lease
+        SearchQuery.objects.all(), tasks.search_execute_task, "search", busy=SearchQuery.Status.RUNNING, now=now, lease=lease
     )
     report.images = _resend(
-        CatalogImage.objects.all(), "index_image", "index", busy=CatalogImage.Status.PROCESSING, now=now, lease=lease
+        CatalogImage.objects.all(), tasks.image_index_task, "index", busy=CatalogImage.Status.PROCESSING, now=now, lease=lease
     )
     report.reindex_jobs = _resend(
-        ReindexJob.objects.all(), "reindex_run", "index", busy=ReindexJob.Status.RUNNING, now=now, lease=lease
+        ReindexJob.objects.all(), tasks.reindex_run_task, "index", busy=ReindexJob.Status.RUNNING, now=now, lease=lease
     )
     report.augmentations = _request_stale_augmentations()
     if report:
@@ -80,8 +82,8 @@ def work_sweep(*, now: datetime | None = None) -> SweepReport:
     return report
 
 
-def _resend(rows: QuerySet, task_name: str, queue: str, *, busy: str, now: datetime, lease: datetime) -> int:
-    """Send ``task_name`` again for the rows whose task is lost; returns how many."""
+def _resend(rows: QuerySet, task: Task, queue: str, *, busy: str, now: datetime, lease: datetime) -> int:
+    """Send ``task`` again for the rows whose task is lost; returns how many."""
     never_queued = Q(status="pending", queued_at__isnull=True, created_at__lt=now - QUEUE_GRACE)
     # Not again while the task sent for it may still wait its turn in the queue.
     not_sent_lately = Q(queued_at__isnull=True) | Q(queued_at__lt=lease)
@@ -91,7 +93,7 @@ def _resend(rows: QuerySet, task_name: str, queue: str, *, busy: str, now: datet
         lost |= Q(status="pending", queued_at__lt=lease)
     sent = 0
     for pk in rows.filter(lost).order_by("pk").values_list("pk", flat=True)[:BATCH]:
-        if not services._send(task_name, pk):
+        if not queueing.send(task, pk):
             break  # the broker is still away; the next sweep tries again
         sent += 1
     return sent

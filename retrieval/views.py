@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_ratelimit.decorators import ratelimit
 
 from retrieval import selectors, services
-from retrieval.errors import InvalidInput, NotFound, RateLimited, RetrievalError
+from retrieval.errors import InvalidInput, NotFound, PayloadTooLarge, RateLimited, RetrievalError
 from retrieval.forms import SearchForm
 from retrieval.models import CatalogImage, SearchQuery, image_content_type
 
@@ -89,7 +89,7 @@ def _create_search(request: HttpRequest) -> SearchQuery:
         raise _form_error(form)
     upload = form.cleaned_data["image"]
     if upload.size > settings.LANDMARKS_MAX_UPLOAD_BYTES:
-        raise services.PayloadTooLarge(
+        raise PayloadTooLarge(
             f"The file is {upload.size:,} bytes; the limit is {settings.LANDMARKS_MAX_UPLOAD_BYTES:,}."
         )
     return services.search_create(

@@ -8,6 +8,8 @@ import os
 from celery import Celery
 from celery.signals import worker_process_init
 
+from searchsite import env
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "searchsite.settings")
 
 app = Celery("searchsite")
@@ -20,7 +22,7 @@ logger = logging.getLogger(__name__)
 @worker_process_init.connect
 def _warm_extractor(**_: object) -> None:
     """Load the feature extractor once per worker process, not on the first task."""
-    if os.environ.get("LANDMARKS_WARM_EXTRACTOR", "1") != "1":
+    if not env.get_bool("LANDMARKS_WARM_EXTRACTOR", True):
         return
     from retrieval.extraction import get_extractor
 

@@ -27,7 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from searchsite.services import EmbeddedRedis, ServiceError, embedded_services
+from django.core.exceptions import ImproperlyConfigured
+
+from searchsite import env as config
+from searchsite.embedded import EmbeddedRedis, ServiceError, embedded_services
 
 logger = logging.getLogger("searchsite.launcher")
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -35,8 +38,7 @@ PYTHON = sys.executable
 
 
 def _data_dir() -> Path:
-    raw = os.environ.get("LANDMARKS_DATA_DIR")
-    return Path(raw).expanduser().resolve() if raw else BASE_DIR / "var"
+    return config.get_path("LANDMARKS_DATA_DIR", BASE_DIR / "var")
 
 
 def _manage(*args: str, env: dict[str, str]) -> None:
@@ -149,7 +151,7 @@ def _children(data_dir: Path, host: str, port: int) -> list[Child]:
     return [
         Child("web server", [
             PYTHON, "-m", "gunicorn", "searchsite.wsgi", "--bind", f"{host}:{port}",
-            "--workers", os.environ.get("WEB_WORKERS", "2"), "--threads", "4",
+            "--workers", str(config.get_int("WEB_WORKERS", 2, minimum=1)), "--threads", "4",
             "--timeout", "300", "--access-logfile", "-",
         ]),
         Child("search worker", [
@@ -158,7 +160,7 @@ def _children(data_dir: Path, host: str, port: int) -> list[Child]:
         ]),
         Child("index worker", [
             *celery, "worker", "-Q", "index", "-n", "index@%h",
-            "--concurrency", os.environ.get("INDEX_WORKERS", "1"), "--loglevel", "INFO",
+            "--concurrency", str(config.get_int("INDEX_WORKERS", 1, minimum=1)), "--loglevel", "INFO",
         ]),
         Child("beat", [
             *celery, "beat", "--loglevel", "WARNING",
@@ -169,8 +171,8 @@ def _children(data_dir: Path, host: str, port: int) -> list[Child]:
 
 def run_site() -> int:
     data_dir = _data_dir()
-    port = int(os.environ.get("PORT", "8000"))
-    host = os.environ.get("HOST", "127.0.0.1")
+    port = config.get_int("PORT", 8000, minimum=1)
+    host = config.get_str("HOST", "127.0.0.1")
     stop_requested = False
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return run_site()
         return run_tests(argv[1:])
-    except ServiceError as exc:
+    except (ServiceError, ImproperlyConfigured) as exc:
         logger.error("%s", exc)
         return 2
     except subprocess.CalledProcessError as exc:

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 import dj_database_url
 
 from searchsite import env
-from searchsite.services import read_services_file
+from searchsite.embedded import read_services_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = env.get_path("LANDMARKS_DATA_DIR", BASE_DIR / "var")

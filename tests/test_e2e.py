@@ -132,9 +132,7 @@ def test_a_corrupt_stored_file_fails_with_a_reason_and_the_worker_goes_on(
     healthy = services.image_ingest(
         catalog=indexed_catalog, data=encode(np.fliplr(real_photos["coffee"]).copy()), filename="flipped.jpg"
     ).image
-    broken.status = CatalogImage.Status.PENDING
-    broken.save()
-    services._enqueue("index_image", broken.pk)
+    services.images_requeue(image_ids=[broken.pk])
     _wait_indexed(indexed_catalog)
     broken.refresh_from_db()
     healthy.refresh_from_db()

@@ -29,7 +29,7 @@ import psutil
 import psycopg2
 import pytest
 
-from searchsite.services import EmbeddedRedis, read_services_file
+from searchsite.embedded import EmbeddedRedis, read_services_file
 from tests.conftest import REAL_PHOTOS, encode, load_photo
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]

@@ -22,6 +22,7 @@ from django.core.management import CommandError, call_command
 from retrieval import services
 from retrieval.extraction import min_inliers
 from retrieval.models import Catalog, CatalogImage, ImageDescriptor, Landmark, SearchQuery
+from retrieval.services import queueing
 from tests.conftest import encode, load_photo
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -99,15 +100,15 @@ def _media_files() -> set[Path]:
     return {p for p in Path(settings.MEDIA_ROOT).rglob("*") if p.is_file()}
 
 
-def _refuse_enqueue(task_name: str, object_id: int) -> None:
-    raise AssertionError(f"evaluate sent {task_name}({object_id}) to the broker")
+def _refuse_enqueue(task: object, object_id: int, **kwargs: object) -> None:
+    raise AssertionError(f"evaluate sent {task}({object_id}) to the broker")
 
 
 @pytest.mark.django_db
 def test_it_scores_both_rankings_and_pairs_and_deletes_the_catalog(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(services, "_enqueue", _refuse_enqueue)
+    monkeypatch.setattr(queueing, "enqueue", _refuse_enqueue)
     media_before = _media_files()
     out = tmp_path / "out"
     call_command(
@@ -156,7 +157,7 @@ def test_it_scores_both_rankings_and_pairs_and_deletes_the_catalog(
 def test_it_deletes_the_catalog_and_its_files_when_interrupted(
     tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(services, "_enqueue", _refuse_enqueue)
+    monkeypatch.setattr(queueing, "enqueue", _refuse_enqueue)
     media_before = _media_files()
     index = services.image_index
     calls: list[int] = []

@@ -75,14 +75,14 @@ def test_the_task_runs_the_purge(catalog: Catalog, settings) -> None:
     settings.LANDMARKS_QUERY_RETENTION_DAYS = 30
     _search(catalog, days_old=10_000)
 
-    assert tasks.search_purge_expired.apply().get() == 1
+    assert tasks.search_purge_expired_task.apply().get() == 1
     assert not SearchQuery.objects.exists()
 
 
-def test_beat_sends_the_task_hourly_to_the_index_queue() -> None:
+def test_beat_sends_the_task_hourly_to_the_housekeeping_queue() -> None:
     from searchsite.celery import app
 
     entry = django_settings.CELERY_BEAT_SCHEDULE["search-purge-expired"]
-    assert entry == {"task": tasks.search_purge_expired.name, "schedule": 3600.0}
+    assert entry == {"task": tasks.search_purge_expired_task.name, "schedule": 3600.0}
     # Not the search queue, where it would make a person's search wait.
-    assert app.amqp.router.route({}, entry["task"])["queue"].name == "index"
+    assert app.amqp.router.route({}, entry["task"])["queue"].name == "housekeeping"

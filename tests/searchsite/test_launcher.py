@@ -91,7 +91,7 @@ def test_a_killed_embedded_redis_is_started_again_on_its_port_with_its_data(tmp_
     import redis
 
     from searchsite.launcher import _supervise_redis
-    from searchsite.services import EmbeddedRedis
+    from searchsite.embedded import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "redis")
     url = server.start()

@@ -9,7 +9,7 @@ import redis
 from django.core.exceptions import ImproperlyConfigured
 
 from searchsite import env
-from searchsite.services import EmbeddedRedis, read_services_file, write_services_file
+from searchsite.embedded import EmbeddedRedis, read_services_file, write_services_file
 
 
 def test_embedded_redis_starts_answers_and_stops(tmp_path: Path) -> None:

@@ -1,0 +1,56 @@
+"""Writes, one module per job; keyword-only arguments. Reads live in ``retrieval.selectors``.
+
+- ``catalogs``: catalogs, landmarks, the extractor of a catalog, DBA refreshes
+- ``ingest``: validating uploads (header only) and storing catalog photos
+- ``indexing``: extracting a photo and storing its descriptor row; feature models
+- ``search``: storing, running, waiting for and purging searches
+- ``reindex``: re-extracting catalogs with another model in the background
+- ``queueing``: claims on rows and sending tasks (with the sweep in ``retrieval.recovery``)
+
+The names below are the public API the views, commands, tasks and tests call.
+"""
+
+from retrieval.services.catalogs import (
+    catalog_augment,
+    catalog_extractor_spec,
+    catalog_get_or_create,
+    catalog_request_augmentation,
+    landmark_get_or_create,
+)
+from retrieval.services.indexing import descriptor_store, feature_model_ensure, image_index
+from retrieval.services.ingest import (
+    IngestResult,
+    image_decode,
+    image_ingest,
+    image_ingest_unique,
+    image_inspect,
+    images_requeue,
+)
+from retrieval.services.queueing import DATABASE_ERRORS
+from retrieval.services.reindex import catalog_select_model, reindex_run, reindex_start
+from retrieval.services.search import search_create, search_execute, search_purge_expired, search_wait
+
+__all__ = [
+    "DATABASE_ERRORS",
+    "IngestResult",
+    "catalog_augment",
+    "catalog_extractor_spec",
+    "catalog_get_or_create",
+    "catalog_request_augmentation",
+    "catalog_select_model",
+    "descriptor_store",
+    "feature_model_ensure",
+    "image_decode",
+    "image_index",
+    "image_ingest",
+    "image_ingest_unique",
+    "image_inspect",
+    "images_requeue",
+    "landmark_get_or_create",
+    "reindex_run",
+    "reindex_start",
+    "search_create",
+    "search_execute",
+    "search_purge_expired",
+    "search_wait",
+]

@@ -1,0 +1,158 @@
+"""Indexing: extracting a catalog photo's features and storing its descriptor row."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import numpy as np
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from retrieval import selectors
+from retrieval.errors import RetrievalError
+from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescriptor
+from retrieval.services import catalogs, ingest, queueing
+from retrieval.vision.extractors.base import Extractor
+from retrieval.vision.features import ImageFeatures
+
+logger = logging.getLogger(__name__)
+
+
+def image_index(*, image_id: int, task_id: str = "") -> CatalogImage | None:
+    """Extract and store the features of one catalog image (Celery worker).
+
+    Idempotent: an image already indexed with the current model is left alone, and an
+    image another live task has claimed is skipped (``task_id``: the Celery task's id, so
+    that a redelivered task resumes its own claim). Extraction failures mark the image
+    ``failed`` with the reason; database errors propagate so that the task retries.
+    """
+    image = CatalogImage.objects.select_related("catalog", "catalog__active_model").filter(pk=image_id).first()
+    if image is None:
+        logger.info("image %s was deleted before it was indexed", image_id)
+        return None
+    from retrieval.extraction import get_extractor
+
+    # The catalog's model, and while a switch is under way also the model that still
+    # serves its searches, so that a new photo is findable before and after the switch.
+    specs = [catalogs.catalog_extractor_spec(catalog=image.catalog)]
+    active = image.catalog.active_model
+    if active is not None and active.name not in specs and catalogs.extractor_buildable(active.name):
+        specs.append(active.name)
+    work = []
+    for spec in specs:
+        extractor = get_extractor(spec)
+        model = feature_model_ensure(extractor=extractor)
+        if image.status == CatalogImage.Status.INDEXED and image.descriptors.filter(model=model).exists():
+            continue
+        work.append((extractor, model))
+    if not work:
+        return image
+    if not queueing.claim(
+        CatalogImage, image_id, task_id=task_id or uuid.uuid4().hex, busy=CatalogImage.Status.PROCESSING
+    ):
+        return _refused_image(image_id)
+    for extractor, model in work:
+        if not image_extract(image=image, extractor=extractor, model=model):
+            break
+        Catalog.objects.filter(pk=image.catalog_id, active_model__isnull=True).update(active_model=model)
+        catalogs.catalog_request_augmentation(catalog_id=image.catalog_id)
+    image.refresh_from_db()
+    return image
+
+
+def _refused_image(image_id: int) -> CatalogImage | None:
+    """The claim was refused: another live task has it, or it used up its attempts."""
+    gave_up = queueing.stale_claim(CatalogImage, image_id, busy=CatalogImage.Status.PROCESSING).filter(
+        attempts__gte=settings.LANDMARKS_TASK_MAX_ATTEMPTS
+    )
+    if gave_up.update(
+        status=CatalogImage.Status.FAILED,
+        failure_reason="Indexing was started several times and never finished (the worker died each time).",
+        updated_at=timezone.now(),
+        **queueing.RELEASED,
+    ):
+        logger.warning("image %s failed: it used up its attempts", image_id)
+    else:
+        logger.info("image %s is claimed by another task; skipped", image_id)
+    return CatalogImage.objects.filter(pk=image_id).first()
+
+
+def image_extract(*, image: CatalogImage, extractor: Extractor, model: FeatureModel) -> bool:
+    """Extract ``image`` with ``extractor`` and upsert its descriptor row; sets the status."""
+    try:
+        with image.file.open("rb") as handle:
+            data = handle.read()
+        rgb = ingest.image_decode(data=data)
+        features = extractor.extract(rgb)
+    except FileNotFoundError:
+        image_fail(image, "The stored file is missing.")
+        return False
+    except RetrievalError as exc:
+        image_fail(image, exc.message)
+        return False
+    except Exception as exc:  # keep the worker alive; the reason is on the image
+        logger.exception("extraction failed for image %s", image.pk)
+        image_fail(image, f"Feature extraction failed: {type(exc).__name__}: {exc}")
+        return False
+    descriptor_store(image=image, model=model, features=features, descriptor_dtype=extractor.descriptor_dtype)
+    CatalogImage.objects.filter(pk=image.pk).update(
+        status=CatalogImage.Status.INDEXED,
+        **queueing.RELEASED,
+        failure_reason="",
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        indexed_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    return True
+
+
+def image_fail(image: CatalogImage, reason: str) -> None:
+    logger.warning("image %s failed: %s", image.pk, reason)
+    CatalogImage.objects.filter(pk=image.pk).update(
+        status=CatalogImage.Status.FAILED, failure_reason=reason, updated_at=timezone.now(), **queueing.RELEASED
+    )
+
+
+def descriptor_store(
+    *, image: CatalogImage, model: FeatureModel, features: ImageFeatures, descriptor_dtype: str = "<f2"
+) -> ImageDescriptor:
+    descriptor, _ = ImageDescriptor.objects.update_or_create(
+        image=image,
+        model=model,
+        defaults={
+            "catalog_id": image.catalog_id,
+            "embedding": features.global_descriptor.astype(np.float32),
+            "local_features": features.local.to_bytes(descriptor_dtype=descriptor_dtype),
+            "num_local": len(features.local),
+        },
+    )
+    return descriptor
+
+
+_ensured: dict[tuple[str, str], FeatureModel] = {}
+
+
+def feature_model_ensure(*, extractor: Extractor) -> FeatureModel:
+    """The FeatureModel row for ``extractor`` and its partial HNSW index (created once)."""
+    key = (extractor.model_name, extractor.model_version)
+    cached = _ensured.get(key)
+    if cached is not None and FeatureModel.objects.filter(pk=cached.pk).exists():
+        return cached
+    model, _ = FeatureModel.objects.get_or_create(
+        name=extractor.model_name,
+        version=extractor.model_version,
+        defaults={"global_dim": extractor.global_dim, "local_dim": getattr(extractor, "local_dim", 0)},
+    )
+    table = ImageDescriptor._meta.db_table
+    with connection.cursor() as cursor:
+        # Serves exactly selectors.shortlist_sql(model): same expression, same predicate.
+        cursor.execute(
+            f"CREATE INDEX IF NOT EXISTS {model.hnsw_index_name} ON {table} "
+            f"USING hnsw (({selectors.search_vector_sql(model)}) halfvec_cosine_ops) "
+            f"WHERE model_id = {int(model.pk)}"
+        )
+    _ensured[key] = model
+    return model

@@ -1,0 +1,143 @@
+"""Ingest: validating an upload from its header and storing a catalog photo."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+
+from retrieval import tasks
+from retrieval.errors import DuplicateImage, PayloadTooLarge, from_image_error
+from retrieval.models import Catalog, CatalogImage, Landmark, image_suffix
+from retrieval.services import queueing
+from retrieval.vision import preprocessing
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestResult:
+    image: CatalogImage
+    created: bool
+
+
+def _check_upload_size(data: bytes) -> None:
+    if len(data) > settings.LANDMARKS_MAX_UPLOAD_BYTES:
+        raise PayloadTooLarge(f"The file is {len(data):,} bytes; the limit is {settings.LANDMARKS_MAX_UPLOAD_BYTES:,}.")
+
+
+def image_inspect(*, data: bytes, max_pixels: int | None = None) -> preprocessing.ImageHeader:
+    """Validate an upload from its header alone (web process): bytes, format, upright
+    size, pixel cap (default ``LANDMARKS_MAX_IMAGE_PIXELS``) and minimum side.
+
+    The pixels are not decoded here, so a 49-megapixel PNG of a few KB costs the web
+    process nothing; the worker decodes (:func:`image_decode`) and fails the row with the
+    reason when the data turns out truncated or corrupt.
+    """
+    _check_upload_size(data)
+    try:
+        return preprocessing.read_header(
+            data,
+            max_pixels=max_pixels or settings.LANDMARKS_MAX_IMAGE_PIXELS,
+            min_side=settings.LANDMARKS_MIN_IMAGE_SIDE,
+        )
+    except preprocessing.ImageError as exc:
+        raise from_image_error(exc) from None
+
+
+def image_decode(*, data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Validate and decode an upload (workers, commands); returns (H, W, 3) uint8 RGB or
+    raises an InvalidImage. ``max_pixels`` defaults to ``LANDMARKS_MAX_IMAGE_PIXELS``."""
+    _check_upload_size(data)
+    try:
+        return preprocessing.decode_image(
+            data,
+            max_pixels=max_pixels or settings.LANDMARKS_MAX_IMAGE_PIXELS,
+            min_side=settings.LANDMARKS_MIN_IMAGE_SIDE,
+        )
+    except preprocessing.ImageError as exc:
+        raise from_image_error(exc) from None
+
+
+def stored_name(*, header: preprocessing.ImageHeader, sha256: str) -> str:
+    """The stored file's name: its hash and the extension of its decoded format (never
+    the client's name, which could make a PNG be served as HTML)."""
+    return f"{sha256}{image_suffix(header.format)}"
+
+
+def image_ingest(
+    *,
+    catalog: Catalog,
+    data: bytes,
+    filename: str,
+    landmark: Landmark | None = None,
+    external_id: str = "",
+    enqueue: bool = True,
+    decode: bool = False,
+) -> IngestResult:
+    """Store a catalog photo and enqueue its indexing once the transaction commits.
+
+    A file already in the catalog (same sha256) is not stored or indexed again: the
+    existing image comes back with ``created=False``. With ``enqueue=False`` nothing is
+    sent to the broker: the caller runs :func:`image_index` itself (``evaluate``).
+
+    Only the header is read (web process); the worker decodes and fails the image when
+    its pixels are corrupt. ``decode=True`` decodes them now, so that a command can
+    report a corrupt file at once (``import_catalog``).
+    """
+    header = image_inspect(data=data)
+    if decode:
+        image_decode(data=data)
+    sha256 = hashlib.sha256(data).hexdigest()
+    existing = CatalogImage.objects.filter(catalog=catalog, sha256=sha256).first()
+    if existing is not None:
+        if enqueue and existing.status == CatalogImage.Status.PENDING and existing.queued_at is None:
+            queueing.enqueue(tasks.image_index_task, existing.pk)  # stored while the broker was away
+        return IngestResult(existing, created=False)
+    image = CatalogImage(
+        catalog=catalog,
+        landmark=landmark,
+        sha256=sha256,
+        width=header.width,
+        height=header.height,
+        original_name=filename[-300:],
+        external_id=external_id[:200],
+    )
+    image.file.save(stored_name(header=header, sha256=sha256), ContentFile(data), save=False)
+    try:
+        with transaction.atomic():
+            image.save()
+    except IntegrityError:  # the same file raced in through another request
+        image.file.delete(save=False)
+        existing = CatalogImage.objects.filter(catalog=catalog, sha256=sha256).first()
+        if existing is None:
+            raise
+        return IngestResult(existing, created=False)
+    if enqueue:
+        queueing.enqueue(tasks.image_index_task, image.pk)
+    return IngestResult(image, created=True)
+
+
+def image_ingest_unique(
+    *, catalog: Catalog, data: bytes, filename: str, landmark: Landmark | None = None
+) -> CatalogImage:
+    """Like :func:`image_ingest` but a duplicate is an error (admin and API uploads)."""
+    result = image_ingest(catalog=catalog, data=data, filename=filename, landmark=landmark)
+    if not result.created:
+        raise DuplicateImage(f"already in catalog {catalog.name} as image {result.image.pk} (same content).")
+    return result.image
+
+
+def images_requeue(*, image_ids: list[int]) -> int:
+    """Index these images again (the admin's "Index again"); returns how many."""
+    count = CatalogImage.objects.filter(pk__in=image_ids).update(
+        status=CatalogImage.Status.PENDING, failure_reason="", queued_at=None, **queueing.RELEASED
+    )
+    for image_id in image_ids:
+        queueing.enqueue(tasks.image_index_task, image_id)
+    return count

@@ -1,0 +1,27 @@
+"""Indexing claims: an image another live task works on is not indexed twice."""
+
+from __future__ import annotations
+
+
+import pytest
+from django.utils import timezone
+
+from retrieval import services
+from retrieval.models import CatalogImage
+from tests.conftest import encode
+from tests.factories import CatalogFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_an_image_claimed_by_a_live_task_is_not_indexed_twice(real_photos) -> None:
+    image = services.image_ingest(
+        catalog=CatalogFactory(), data=encode(real_photos["rocket"]), filename="r.jpg", enqueue=False
+    ).image
+    CatalogImage.objects.filter(pk=image.pk).update(status="processing", claimed_by="task-1", claimed_at=timezone.now())
+    services.image_index(image_id=image.pk, task_id="task-2")
+    assert CatalogImage.objects.get(pk=image.pk).status == "processing"
+    assert not image.descriptors.exists()
+    services.image_index(image_id=image.pk, task_id="task-1")
+    assert CatalogImage.objects.get(pk=image.pk).status == "indexed"
+    assert image.descriptors.count() == 1
