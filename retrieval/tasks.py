@@ -33,14 +33,14 @@ RETRY = {
 def image_index_task(self: Any, image_id: int) -> None:
     from retrieval.services import image_index
 
-    image_index(image_id=image_id, task_id=self.request.id or "")
+    image_index(image_id=image_id, task_id=self.request.id or "", retry=bool(self.request.retries))
 
 
 @shared_task(bind=True, **RETRY, name="retrieval.tasks.search_run")
 def search_execute_task(self: Any, query_id: int) -> None:
     from retrieval.services import search_execute
 
-    search_execute(query_id=query_id, task_id=self.request.id or "")
+    search_execute(query_id=query_id, task_id=self.request.id or "", retry=bool(self.request.retries))
 
 
 @shared_task(**RETRY, name="retrieval.tasks.catalog_augment")

@@ -20,7 +20,7 @@ from retrieval.vision.features import ImageFeatures
 logger = logging.getLogger(__name__)
 
 
-def image_index(*, image_id: int, task_id: str = "") -> CatalogImage | None:
+def image_index(*, image_id: int, task_id: str = "", retry: bool = False) -> CatalogImage | None:
     """Extract and store the features of one catalog image (Celery worker).
 
     Idempotent: an image already indexed with the current model is left alone, and an
@@ -50,7 +50,7 @@ def image_index(*, image_id: int, task_id: str = "") -> CatalogImage | None:
     if not work:
         return image
     if not queueing.claim(
-        CatalogImage, image_id, task_id=task_id or uuid.uuid4().hex, busy=CatalogImage.Status.PROCESSING
+        CatalogImage, image_id, task_id=task_id or uuid.uuid4().hex, busy=CatalogImage.Status.PROCESSING, retry=retry
     ):
         return _refused_image(image_id)
     for extractor, model in work:

@@ -43,13 +43,15 @@ def claim(
     done: tuple[str, ...] = (),
     max_attempts: int | None = None,
     resume_own: bool = True,
+    retry: bool = False,
 ) -> bool:
     """Take a row for ``task_id`` with one conditional UPDATE; True if taken.
 
     A row in a ``done`` state is never taken. A ``busy`` row is taken only when the claim
     is this task's own (Celery redelivers and retries under the same id, so the work
     resumes), or when its holder has shown no progress for LANDMARKS_TASK_LEASE_SECONDS
-    (a killed worker). Each claim counts an attempt; ``max_attempts`` refuses more.
+    (a killed worker). Each claim counts an attempt, except a ``retry`` after a database
+    error (Celery's autoretry: the worker did not die); ``max_attempts`` refuses more.
     ``resume_own=False`` is for tasks that may outlive the broker's visibility timeout: its
     redelivery arrives under the same id while the first delivery still works.
     """
@@ -60,7 +62,7 @@ def claim(
         takeable |= Q(claimed_by=task_id)
     rows = model.objects.filter(pk=pk).exclude(status__in=done).filter(takeable)
     updates: dict[str, object] = {"status": busy, "claimed_by": task_id, "claimed_at": now}
-    if hasattr(model, "attempts"):
+    if hasattr(model, "attempts") and not retry:
         rows = rows.filter(attempts__lt=max_attempts or settings.LANDMARKS_TASK_MAX_ATTEMPTS)
         updates["attempts"] = F("attempts") + 1
     return rows.update(**updates) == 1

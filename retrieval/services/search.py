@@ -96,7 +96,7 @@ def search_wait(*, query_id: int, timeout: float, poll: float = 0.05) -> SearchQ
         time.sleep(poll)
 
 
-def search_execute(*, query_id: int, task_id: str = "") -> SearchQuery | None:
+def search_execute(*, query_id: int, task_id: str = "", retry: bool = False) -> SearchQuery | None:
     """Run one search (Celery worker): extract, shortlist, verify, rank, recognise.
 
     Idempotent: a finished search is left alone and a running one is skipped unless its
@@ -105,7 +105,7 @@ def search_execute(*, query_id: int, task_id: str = "") -> SearchQuery | None:
     """
     task_id = task_id or uuid.uuid4().hex
     if not queueing.claim(
-        SearchQuery, query_id, task_id=task_id, busy=SearchQuery.Status.RUNNING, done=queueing.SEARCH_DONE
+        SearchQuery, query_id, task_id=task_id, busy=SearchQuery.Status.RUNNING, done=queueing.SEARCH_DONE, retry=retry
     ):
         queueing.stale_claim(SearchQuery, query_id, busy=SearchQuery.Status.RUNNING).filter(
             attempts__gte=settings.LANDMARKS_TASK_MAX_ATTEMPTS

@@ -78,3 +78,12 @@ def test_a_finished_search_reports_every_stage_within_its_total(catalog: Catalog
     stages = ("decode", "extract", "shortlist", "verify")
     assert {"queue", *stages, "total", "verify_depth"} <= set(timings)
     assert timings["total"] >= timings["queue"] + sum(timings[s] for s in stages) and timings["extract"] > 0
+
+
+def test_a_retry_after_a_database_error_does_not_count_as_an_attempt(catalog: Catalog, real_photos, settings) -> None:
+    max_attempts = settings.LANDMARKS_TASK_MAX_ATTEMPTS
+    query = _search(
+        catalog, real_photos, status="running", claimed_by="task-1", claimed_at=timezone.now(), attempts=max_attempts
+    )
+    services.search_execute(query_id=query.pk, task_id="task-1", retry=True)
+    assert _status(query) == "done"
