@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import hashlib
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,15 @@ def main() -> None:
 
     import cv2
 
-    from retrieval.vision.extractors import ExtractorConfig, build_extractor, matching_config
+    import django
 
-    extractor = build_extractor(ExtractorConfig(cache_dir=args.cache))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "searchsite.settings")
+    django.setup()
+    from retrieval.extraction import extractor_config
+    from retrieval.vision.extractors import build_extractor, matching_config
+
+    # The server's extractor settings (LANDMARKS_*), with the weights in --cache.
+    extractor = build_extractor(dataclasses.replace(extractor_config(), cache_dir=args.cache))
     matching = matching_config(extractor.model_name)
     pairs = load_pair_dataset(args.dataset).pairs
     paths = sorted({p for pair in pairs for p in (pair.image1, pair.image2)})

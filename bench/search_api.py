@@ -33,7 +33,6 @@ def main() -> int:
     args = parser.parse_args()
 
     spec = json.loads((args.dataset / "dataset.json").read_text())
-    landmark_of = {image["id"]: image.get("landmark") for image in spec["images"]}
     rows = []
     for query in spec["queries"]:
         data = {"catalog": args.catalog, "top_k": "10"}

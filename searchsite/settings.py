@@ -195,6 +195,7 @@ LANDMARKS_MAX_LOCAL_CELLS = env.get_int("LANDMARKS_MAX_LOCAL_CELLS", 2000, minim
 LANDMARKS_QUERY_SCALES = env.get_float_list("LANDMARKS_QUERY_SCALES", [0.5, 1.0, 2.0], minimum=0.1)
 # effnet-*-dense (the default): cells kept at 1024 px (fine) and at the global size
 # (LANDMARKS_GLOBAL_IMAGE_SIZE, 512 px: coarse) per catalog photo, and the coarse cells of a query (never stored, so it may keep more).
+LANDMARKS_DENSE_FINE_SIZE = env.get_int("LANDMARKS_DENSE_FINE_SIZE", 1024, minimum=64)
 LANDMARKS_DENSE_FINE_CELLS = env.get_int("LANDMARKS_DENSE_FINE_CELLS", 1000, minimum=10)
 LANDMARKS_DENSE_COARSE_CELLS = env.get_int("LANDMARKS_DENSE_COARSE_CELLS", 500, minimum=0)
 LANDMARKS_DENSE_QUERY_FINE_CELLS = env.get_int("LANDMARKS_DENSE_QUERY_FINE_CELLS", 1500, minimum=10)

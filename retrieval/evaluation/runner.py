@@ -46,6 +46,7 @@ from tqdm import tqdm
 from retrieval import extraction, selectors, services
 from retrieval.errors import RetrievalError
 from retrieval.models import Catalog, CatalogImage, Landmark, SearchQuery
+from retrieval.services.search import SearchConfig
 from retrieval.vision.datasets import (
     DatasetError,
     ImagePair,
@@ -159,26 +160,28 @@ def evaluate(
 
 def search_settings() -> dict[str, Any]:
     """The settings that shape extraction and search (retrieval adds its ranking depths)."""
+    extractor = extraction.extractor_config()
+    search = SearchConfig.from_settings()
     return {
-        "extractor": settings.LANDMARKS_EXTRACTOR,
-        "global_image_size": settings.LANDMARKS_GLOBAL_IMAGE_SIZE,
-        "global_scales": list(settings.LANDMARKS_GLOBAL_SCALES),
-        "max_keypoints": settings.LANDMARKS_MAX_KEYPOINTS,
-        "max_local_cells": settings.LANDMARKS_MAX_LOCAL_CELLS,
+        "extractor": extractor.spec,
+        "global_image_size": extractor.global_image_size,
+        "global_scales": list(extractor.global_scales),
+        "max_keypoints": extractor.max_keypoints,
+        "max_local_cells": extractor.max_local_cells,
         "dense_cells": [
-            settings.LANDMARKS_DENSE_FINE_CELLS,
-            settings.LANDMARKS_DENSE_COARSE_CELLS,
-            settings.LANDMARKS_DENSE_QUERY_FINE_CELLS,
-            settings.LANDMARKS_DENSE_QUERY_COARSE_CELLS,
+            extractor.dense_fine_cells,
+            extractor.dense_coarse_cells,
+            extractor.dense_query_fine_cells,
+            extractor.dense_query_coarse_cells,
         ],
-        "verify_early_stop": settings.LANDMARKS_VERIFY_EARLY_STOP,
-        "shortlist_size": settings.LANDMARKS_SHORTLIST_SIZE,
-        "verify_top": settings.LANDMARKS_VERIFY_TOP,
-        "min_inliers": extraction.min_inliers(settings.LANDMARKS_EXTRACTOR),
-        "hnsw_ef_search": settings.LANDMARKS_HNSW_EF_SEARCH,
-        "qe_neighbours": settings.LANDMARKS_QE_NEIGHBOURS,
+        "verify_early_stop": search.verify_early_stop,
+        "shortlist_size": search.shortlist_size,
+        "verify_top": search.verify_top,
+        "min_inliers": extraction.min_inliers(extractor.spec),
+        "hnsw_ef_search": search.hnsw_ef_search,
+        "qe_neighbours": search.qe_neighbours,
         "dba_neighbours": settings.LANDMARKS_DBA_NEIGHBOURS,
-        "expansion_alpha": settings.LANDMARKS_EXPANSION_ALPHA,
+        "expansion_alpha": search.expansion_alpha,
     }
 
 

@@ -162,6 +162,32 @@ def search_purge_expired(*, now: datetime | None = None, batch_size: int = 500) 
     return purged
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """What shapes one search, read from the settings once when it starts (the defaults
+    live in searchsite/settings.py only)."""
+
+    shortlist_size: int
+    verify_top: int
+    verify_early_stop: int
+    hnsw_ef_search: int
+    qe_neighbours: int
+    expansion_alpha: float
+    max_query_pixels: int
+
+    @classmethod
+    def from_settings(cls) -> SearchConfig:
+        return cls(
+            shortlist_size=settings.LANDMARKS_SHORTLIST_SIZE,
+            verify_top=settings.LANDMARKS_VERIFY_TOP,
+            verify_early_stop=settings.LANDMARKS_VERIFY_EARLY_STOP,
+            hnsw_ef_search=settings.LANDMARKS_HNSW_EF_SEARCH,
+            qe_neighbours=settings.LANDMARKS_QE_NEIGHBOURS,
+            expansion_alpha=settings.LANDMARKS_EXPANSION_ALPHA,
+            max_query_pixels=settings.LANDMARKS_MAX_QUERY_PIXELS,
+        )
+
+
 class StageTimer:
     """Milliseconds per search stage, in the order they ran: the search's ``timings_ms``."""
 
@@ -207,8 +233,9 @@ class _Verified:
 
 def _search_stages(query: SearchQuery, timer: StageTimer, *, task_id: str) -> None:
     """load -> extract -> shortlist -> verify -> rank -> results, then store the answer."""
+    config = SearchConfig.from_settings()
     with timer.stage("decode"):  # first: a corrupt upload fails without loading a model
-        crop = _load(query)
+        crop = _load(query, max_pixels=config.max_query_pixels)
     extractor, model = _model_for(query.catalog)
     with timer.stage("extract"):
         features = _extract(extractor, crop, bbox=query.bbox)
@@ -217,11 +244,14 @@ def _search_stages(query: SearchQuery, timer: StageTimer, *, task_id: str) -> No
             catalog=query.catalog,
             model=model,
             descriptor=features.global_descriptor,
-            limit=max(settings.LANDMARKS_SHORTLIST_SIZE, query.top_k),
+            limit=max(config.shortlist_size, query.top_k),
+            config=config,
         )
     min_inliers = extraction.min_inliers(extractor.model_name)
     with timer.stage("verify"):
-        verified = _verify(features, shortlist, model=model, extractor=extractor, min_inliers=min_inliers)
+        verified = _verify(
+            features, shortlist, model=model, extractor=extractor, min_inliers=min_inliers, config=config
+        )
     if verified.stopped_early:
         timer.ms["verify_stopped_early"] = 1
     timer.ms["verify_depth"] = len(verified.best)
@@ -243,10 +273,10 @@ def _search_stages(query: SearchQuery, timer: StageTimer, *, task_id: str) -> No
     )
 
 
-def _load(query: SearchQuery) -> np.ndarray:
+def _load(query: SearchQuery, *, max_pixels: int) -> np.ndarray:
     """The query photo decoded, cropped to its bbox: (H, W, 3) uint8 RGB."""
     with query.image.open("rb") as handle:
-        rgb = ingest.image_decode(data=handle.read(), max_pixels=settings.LANDMARKS_MAX_QUERY_PIXELS)
+        rgb = ingest.image_decode(data=handle.read(), max_pixels=max_pixels)
     crop, _ = preprocessing.crop_bbox(rgb, tuple(query.bbox) if query.bbox else None)  # type: ignore[arg-type]
     return crop
 
@@ -279,13 +309,19 @@ def _extract(extractor: Extractor, crop: np.ndarray, *, bbox: list[float] | None
 
 
 def _verify(
-    features: ImageFeatures, shortlist: _Shortlist, *, model: FeatureModel, extractor: Extractor, min_inliers: int
+    features: ImageFeatures,
+    shortlist: _Shortlist,
+    *,
+    model: FeatureModel,
+    extractor: Extractor,
+    min_inliers: int,
+    config: SearchConfig,
 ) -> _Verified:
     """RANSAC-verify candidates in shortlist order, LANDMARKS_VERIFY_EARLY_STOP at a time
     (their blobs read in one query each), until one landmark leads decisively."""
     matching = matching_config(extractor.model_name)
-    ids = [c.image_id for c in shortlist.candidates[: settings.LANDMARKS_VERIFY_TOP]]
-    early = settings.LANDMARKS_VERIFY_EARLY_STOP
+    ids = [c.image_id for c in shortlist.candidates[: config.verify_top]]
+    early = config.verify_early_stop
     chunk = early or len(ids) or 1
     verified = _Verified(best={}, stored={}, stopped_early=False)
     for start in range(0, len(ids), chunk):
@@ -342,13 +378,15 @@ def _drawn_matches(image_id: int, verified: _Verified, features: ImageFeatures) 
     return np.round(np.concatenate([q, c], axis=1), 1).tolist()
 
 
-def _shortlist(*, catalog: Catalog, model: FeatureModel, descriptor: np.ndarray, limit: int) -> _Shortlist:
+def _shortlist(
+    *, catalog: Catalog, model: FeatureModel, descriptor: np.ndarray, limit: int, config: SearchConfig
+) -> _Shortlist:
     """pgvector shortlist (HNSW over the DBA descriptors) with alpha query expansion, plus
     each candidate's plain cosine similarity to the query (the global-only score)."""
 
     def nearest(vector: np.ndarray, k: int) -> list[tuple[int, float]]:
         found = selectors.descriptor_shortlist(
-            catalog=catalog, model=model, query=vector, limit=k, ef_search=settings.LANDMARKS_HNSW_EF_SEARCH
+            catalog=catalog, model=model, query=vector, limit=k, ef_search=config.hnsw_ef_search
         )
         return [(c.image_id, c.similarity) for c in found]
 
@@ -361,8 +399,8 @@ def _shortlist(*, catalog: Catalog, model: FeatureModel, descriptor: np.ndarray,
         nearest=nearest,
         vectors_of=vectors_of,
         limit=limit,
-        expansion_neighbours=settings.LANDMARKS_QE_NEIGHBOURS,
-        alpha=settings.LANDMARKS_EXPANSION_ALPHA,
+        expansion_neighbours=config.qe_neighbours,
+        alpha=config.expansion_alpha,
     )
     candidates = [selectors.Candidate(image_id, similarity) for image_id, similarity in shortlisted.ranked]
     ids = [c.image_id for c in candidates]

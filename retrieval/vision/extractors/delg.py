@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import struct
 from pathlib import Path
 
 import numpy as np

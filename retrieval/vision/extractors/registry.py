@@ -32,23 +32,27 @@ class UnknownModelError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ExtractorConfig:
-    spec: str = "effnet-lite2-dense"
-    cache_dir: Path = Path("var/models")
-    global_image_size: int = 512
-    global_scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)
-    max_keypoints: int = 1000
+    """Everything that shapes extraction. No defaults here: the server's come from its
+    settings (``retrieval.extraction.extractor_config``, defaults in searchsite/settings.py);
+    tests and benches spell theirs out."""
+
+    spec: str
+    cache_dir: Path
+    global_image_size: int
+    global_scales: tuple[float, ...]
+    max_keypoints: int
     # Dense CNN cells kept per image (effnet-*-local): a 1024 px photo has ~3000.
-    max_local_cells: int = 2000
+    max_local_cells: int
     # A query's local features are also extracted at these factors of the local
     # extractor's working size (effnet-*-local: 1024 px), and each catalog candidate is
     # verified against the size that matches it best (docs/quality.md).
-    query_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+    query_scales: tuple[float, ...]
     # effnet-*-dense: the fine level's image size and cells kept per level.
-    dense_fine_size: int = 1024
-    dense_fine_cells: int = 1000
-    dense_coarse_cells: int = 500
-    dense_query_fine_cells: int = 1500
-    dense_query_coarse_cells: int = 800
+    dense_fine_size: int
+    dense_fine_cells: int
+    dense_coarse_cells: int
+    dense_query_fine_cells: int
+    dense_query_coarse_cells: int
 
 
 # "global": a GlobalExtractor, the left of "<global>+<local>"; "local": a LocalExtractor,

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from retrieval.vision import model_fetch
-from retrieval.vision.extractors import ExtractorConfig, UnknownModelError, build_extractor, check_spec
+from retrieval.vision.extractors import UnknownModelError, build_extractor, check_spec
 from retrieval.vision.model_registry import ExtractionSettings, read_installed
 from tests import delg_models
 from tests.delg_models import BOX_HEIGHT, BOX_WIDTH, GRID
+from tests.vision.extractors import extractor_config
 
 delg = pytest.importorskip("retrieval.vision.extractors.delg")
 
@@ -37,7 +38,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny(cache_dir: Path) -> delg.DelgExtractor:
-    return build_extractor(ExtractorConfig(spec="delg:tiny", cache_dir=cache_dir))  # type: ignore[return-value]
+    return build_extractor(extractor_config("delg:tiny", cache_dir))  # type: ignore[return-value]
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -108,12 +109,12 @@ def test_the_score_threshold_and_keypoint_limit_reach_the_model(cache_dir: Path)
     extractor = delg.DelgExtractor(spec="delg:tiny", model=strict, max_keypoints=5)
     features = extractor.extract(_photo(200, 200))
     np.testing.assert_array_equal(features.local.scores, [400, 390, 380, 370, 360])
-    assert extractor.model_version != build_extractor(ExtractorConfig(spec="delg:tiny", cache_dir=cache_dir)).model_version
+    assert extractor.model_version != build_extractor(extractor_config("delg:tiny", cache_dir)).model_version
     assert "-n5-t300-" in extractor.model_version
 
 
 def test_a_tf1_export_is_pruned_by_tensor_names(cache_dir: Path) -> None:
-    extractor = build_extractor(ExtractorConfig(spec="delg:tiny-tf1", cache_dir=cache_dir, max_keypoints=10))
+    extractor = build_extractor(extractor_config("delg:tiny-tf1", cache_dir, max_keypoints=10))
     assert extractor.model.runner.mode == "graph"  # type: ignore[attr-defined]
     assert (extractor.global_dim, extractor.local_dim) == (32, delg_models.RAW_DELF_DIM)
     features = extractor.extract(_photo(500, 700))
@@ -156,10 +157,10 @@ def test_a_delf_spec_pairs_delf_local_features_with_a_global_extractor(cache_dir
             return np.array([1, 0, 0, 0], np.float32)
 
     monkeypatch.setattr(efficientnet_lite, "EfficientNetLiteGeM", FakeGlobal)
-    extractor = build_extractor(ExtractorConfig(spec="delf:tiny-delf", cache_dir=cache_dir))
+    extractor = build_extractor(extractor_config("delf:tiny-delf", cache_dir))
     assert extractor.global_extractor.variant == "lite2"  # type: ignore[attr-defined]
     assert extractor.local_dim == 40 and extractor.model_version.startswith("fake+delf1-")
-    other = build_extractor(ExtractorConfig(spec="effnet-lite0-gem+delf:tiny-delf", cache_dir=cache_dir))
+    other = build_extractor(extractor_config("effnet-lite0-gem+delf:tiny-delf", cache_dir))
     assert other.global_extractor.variant == "lite0"  # type: ignore[attr-defined]
     assert len(other.extract(_photo(100, 120)).local) > 0
 
@@ -211,7 +212,7 @@ def test_settings_in_model_json_are_used(cache_dir: Path, tmp_path: Path) -> Non
     record = json.loads((copy / "installed" / "tiny" / "model.json").read_text())
     record["settings"]["image_size"] = 256
     (copy / "installed" / "tiny" / "model.json").write_text(json.dumps(record))
-    extractor = build_extractor(ExtractorConfig(spec="delg:tiny", cache_dir=copy))
+    extractor = build_extractor(extractor_config("delg:tiny", copy))
     assert "-s256-" in extractor.model_version
     points = extractor.extract(_photo(512, 512)).local.keypoints
     np.testing.assert_allclose(points.max(axis=0), _grid_points(512, 512).max(axis=0), rtol=1e-5)

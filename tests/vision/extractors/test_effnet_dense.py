@@ -25,6 +25,7 @@ from retrieval.vision.extractors.efficientnet_lite import EfficientNetLiteGeM  #
 from retrieval.vision.features import LocalFeatures  # noqa: E402
 from retrieval.vision.verification import verify_pair  # noqa: E402
 from tests.conftest import load_photo  # noqa: E402
+from tests.vision.extractors import extractor_config  # noqa: E402
 
 SPEC = "effnet-lite0-dense"
 FINE_CELLS, COARSE_CELLS, QUERY_FINE_CELLS, QUERY_COARSE_CELLS = 400, 100, 500, 200
@@ -37,9 +38,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def config(models_dir: Path) -> ExtractorConfig:
-    return ExtractorConfig(
-        spec=SPEC,
-        cache_dir=models_dir,
+    return extractor_config(
+        SPEC,
+        models_dir,
         global_image_size=256,
         dense_fine_size=512,
         dense_fine_cells=FINE_CELLS,
