@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -58,32 +59,24 @@ def score(f1: LocalFeatures, f2: LocalFeatures, config: VerificationConfig, geom
     return fundamental_inliers(f1, f2, matches, config)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
-    parser.add_argument("--cache", type=Path, default=Path("var/models"))
-    parser.add_argument("--max-features", type=int, default=1000)
-    args = parser.parse_args()
-
-    from retrieval.vision.extractors import matching_config
+def _extractors(max_features: int, cache: Path) -> dict[str, Any]:
     from retrieval.vision.extractors.effnet_local import EfficientNetLiteLocal
     from retrieval.vision.extractors.rootsift import RootSIFT
     from retrieval.vision.extractors.xfeat import XFeat
 
-    pairs = load_pair_dataset(args.datasets / "wxbs").pairs
-    paths = sorted({p for pair in pairs for p in (pair.image1, pair.image2)})
-    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
-    images = {p: cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths}
-    combos = [(i, j) for i in range(len(pairs)) for j in range(len(pairs))]
-    combos = [(i, j) for i, j in combos if i == j or digest[pairs[i].image1] != digest[pairs[j].image2]]
-
-    extractors = {
-        "rootsift": RootSIFT(max_features=args.max_features),
-        "xfeat": XFeat(max_features=args.max_features, cache_dir=args.cache),
-        "effnet-lite2-local": EfficientNetLiteLocal(variant="lite2", max_features=2000, cache_dir=args.cache),
+    return {
+        "rootsift": RootSIFT(max_features=max_features),
+        "xfeat": XFeat(max_features=max_features, cache_dir=cache),
+        "effnet-lite2-local": EfficientNetLiteLocal(variant="lite2", max_features=2000, cache_dir=cache),
     }
+
+
+def _variants() -> dict[str, list[tuple[str, VerificationConfig]]]:
+    """The matching settings tried per feature."""
+    from retrieval.vision.extractors import matching_config
+
     dense = matching_config("effnet-lite2-gem+effnet-lite2-local")
-    variants = {
+    return {
         "rootsift": [("ratio0.85+mutual", VerificationConfig())],
         "xfeat": [
             ("ratio0.85+mutual", VerificationConfig()),
@@ -97,6 +90,22 @@ def main() -> None:
             ("ratio0.95, homography within 0.03", dataclasses.replace(dense, geometry="homography", relative_threshold=0.03)),
         ],
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
+    parser.add_argument("--cache", type=Path, default=Path("var/models"))
+    parser.add_argument("--max-features", type=int, default=1000)
+    args = parser.parse_args()
+
+    pairs = load_pair_dataset(args.datasets / "wxbs").pairs
+    paths = sorted({p for pair in pairs for p in (pair.image1, pair.image2)})
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    images = {p: cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths}
+    combos = [(i, j) for i in range(len(pairs)) for j in range(len(pairs))]
+    combos = [(i, j) for i, j in combos if i == j or digest[pairs[i].image1] != digest[pairs[j].image2]]
+    extractors, variants = _extractors(args.max_features, args.cache), _variants()
     print(f"{len(pairs)} true pairs, {len(combos) - len(pairs)} mismatched; {len(paths)} images")
     print("| features | matching | geometry | AUC | median inliers true | median inliers mismatched | ms/pair |")
     print("|---|---|---|---|---|---|---|")

@@ -84,6 +84,18 @@ def a_contrario_score(
     return float(-log_nfa.min())
 
 
+def _server_extractor(cache: Path):  # type: ignore[no-untyped-def]
+    """The server's extractor settings (LANDMARKS_*), with the weights in ``cache``."""
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "searchsite.settings")
+    django.setup()
+    from retrieval.extraction import extractor_config
+    from retrieval.vision.extractors import build_extractor
+
+    return build_extractor(dataclasses.replace(extractor_config(), cache_dir=cache))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=Path("../shared/datasets/wxbs"))
@@ -93,15 +105,9 @@ def main() -> None:
 
     import cv2
 
-    import django
+    from retrieval.vision.extractors import matching_config
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "searchsite.settings")
-    django.setup()
-    from retrieval.extraction import extractor_config
-    from retrieval.vision.extractors import build_extractor, matching_config
-
-    # The server's extractor settings (LANDMARKS_*), with the weights in --cache.
-    extractor = build_extractor(dataclasses.replace(extractor_config(), cache_dir=args.cache))
+    extractor = _server_extractor(args.cache)
     matching = matching_config(extractor.model_name)
     pairs = load_pair_dataset(args.dataset).pairs
     paths = sorted({p for pair in pairs for p in (pair.image1, pair.image2)})

@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from retrieval.vision.features import LocalFeatures
 
 logger = logging.getLogger("bench.search_latency")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
@@ -47,98 +48,26 @@ def main() -> int:
     parser.add_argument("--seed-queries", type=int, default=5, help="queries verified the seeds' way")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root))
+    sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "searchsite.settings")
     import django
 
     django.setup()
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    from django.conf import settings
-
-    from retrieval.extraction import get_extractor, min_inliers
-    from retrieval.services import image_decode
+    from retrieval.extraction import get_extractor
     from retrieval.vision.datasets import load_retrieval_dataset
-    from retrieval.vision.expansion import alpha_query_expansion, database_side_augmentation
-    from retrieval.vision.extractors import matching_config
     from retrieval.vision.features import LocalFeatures
-    from retrieval.vision.preprocessing import crop_bbox
-    from retrieval.vision.ranking import answer_decided
-    from retrieval.vision.verification import verify_best
 
     dataset = load_retrieval_dataset(args.dataset)
     extractor = get_extractor(args.spec)
-    matching = matching_config(extractor.model_name)
-    threshold = min_inliers(extractor.model_name)
-    cache = root / "bench" / "out" / f"latency-{dataset.name}-{extractor.model_name}@{extractor.model_version}.pkl"
-    if cache.exists():
-        blobs, X, queries, Q, extract_ms = pickle.loads(cache.read_bytes())
-    else:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        blobs, vectors = [], []
-        for image in dataset.images:
-            features = extractor.extract(image_decode(data=Path(image.path).read_bytes()))
-            blobs.append(features.local.to_bytes(descriptor_dtype=extractor.descriptor_dtype))
-            vectors.append(features.global_descriptor)
-        queries, Q, extract_ms = [], [], []
-        for query in dataset.queries:
-            rgb, offset = crop_bbox(image_decode(data=Path(query.path).read_bytes()), query.bbox)
-            start = time.perf_counter()
-            features = extractor.extract_query(rgb)
-            extract_ms.append((time.perf_counter() - start) * 1000)
-            queries.append(features.local_sets)
-            Q.append(features.global_descriptor)
-        X, Q = np.stack(vectors), np.stack(Q)
-        cache.write_bytes(pickle.dumps((blobs, X, queries, Q, extract_ms)))
-
+    blobs, X, queries, Q, extract_ms = _features(dataset, extractor)
     start = time.perf_counter()
     stored = [LocalFeatures.from_bytes(blob) for blob in blobs]
     decode_ms_per_blob = (time.perf_counter() - start) * 1000 / len(blobs)
-    base = database_side_augmentation(X, neighbours=settings.LANDMARKS_DBA_NEIGHBOURS, alpha=settings.LANDMARKS_EXPANSION_ALPHA)
+    shortlists = _shortlists(X, Q, limit=args.shortlist)
     labels = [image.landmark for image in dataset.images]
-    shortlists = []
-    for q in Q:
-        sims = base @ q
-        top = np.argsort(-sims, kind="stable")[: settings.LANDMARKS_QE_NEIGHBOURS]
-        expanded = alpha_query_expansion(q, base[top], sims[top], alpha=settings.LANDMARKS_EXPANSION_ALPHA)
-        shortlists.append(np.argsort(-(base @ expanded), kind="stable")[: args.shortlist])
-
-    full_ms, early_ms, depths = [], [], []
-    pairs = 0
-    product_seconds = 0.0
-    for query_sets, shortlist in zip(queries, shortlists, strict=True):
-        inliers: list[int] = []
-        start = time.perf_counter()
-        stop_at = None
-        for n, j in enumerate(shortlist, start=1):
-            inliers.append(verify_best(query_sets, stored[j], matching)[1].inliers)
-            early = settings.LANDMARKS_VERIFY_EARLY_STOP
-            if (
-                stop_at is None
-                and early
-                and n % early == 0
-                and n < len(shortlist)
-                and answer_decided(inliers, [labels[k] for k in shortlist[:n]], min_inliers=threshold)
-            ):
-                stop_at = n
-                early_ms.append((time.perf_counter() - start) * 1000)
-        elapsed = time.perf_counter() - start
-        full_ms.append(elapsed * 1000)
-        if stop_at is None:
-            early_ms.append(elapsed * 1000)
-        depths.append(stop_at or len(shortlist))
-        pairs += len(shortlist)
-        product_seconds += elapsed
-    product_pps = pairs / product_seconds
-
-    seed_pairs = 0
-    start = time.perf_counter()
-    for query_sets, shortlist in list(zip(queries, shortlists, strict=True))[: args.seed_queries]:
-        for j in shortlist:
-            seeds_way_inliers(query_sets[0], stored[j])
-            seed_pairs += 1
-    seeds_pps = seed_pairs / (time.perf_counter() - start) if seed_pairs else float("nan")
-
+    product = _product_verification(extractor.model_name, queries, shortlists, stored, labels)
+    seed_pairs, seeds_pps = _seeds_way(queries[: args.seed_queries], shortlists, stored)
     result = {
         "dataset": dataset.name,
         "model": f"{extractor.model_name}@{extractor.model_version}",
@@ -146,19 +75,109 @@ def main() -> int:
         "extract_ms_p50": statistics.median(extract_ms),
         "blob_decode_ms_per_candidate": decode_ms_per_blob,
         "blob_bytes_mean": statistics.fmean(len(b) for b in blobs),
-        "verify_100_ms_p50": statistics.median(full_ms),
-        "verify_early_stop_ms_p50": statistics.median(early_ms),
-        "verify_depth_p50": statistics.median(depths),
-        "product_pairs_per_s": product_pps,
+        **product,
         "seeds_way_pairs": seed_pairs,
         "seeds_way_pairs_per_s": seeds_pps,
-        "speedup": product_pps / seeds_pps if seed_pairs else None,
+        "speedup": product["product_pairs_per_s"] / seeds_pps if seed_pairs else None,
     }
     for key, value in result.items():
         logger.info("%-30s %s", key, f"{value:.2f}" if isinstance(value, float) else value)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _features(dataset: Any, extractor: Any) -> tuple[list[bytes], np.ndarray, list[Any], np.ndarray, list[float]]:
+    """Catalog blobs and global descriptors, query feature sets, descriptors and extraction
+    times; cached in bench/out per dataset and model."""
+    from retrieval.services import image_decode
+    from retrieval.vision.preprocessing import crop_bbox
+
+    cache = ROOT / "bench" / "out" / f"latency-{dataset.name}-{extractor.model_name}@{extractor.model_version}.pkl"
+    if cache.exists():
+        return pickle.loads(cache.read_bytes())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    blobs, vectors = [], []
+    for image in dataset.images:
+        features = extractor.extract(image_decode(data=Path(image.path).read_bytes()))
+        blobs.append(features.local.to_bytes(descriptor_dtype=extractor.descriptor_dtype))
+        vectors.append(features.global_descriptor)
+    queries, Q, extract_ms = [], [], []
+    for query in dataset.queries:
+        rgb, _ = crop_bbox(image_decode(data=Path(query.path).read_bytes()), query.bbox)
+        start = time.perf_counter()
+        features = extractor.extract_query(rgb)
+        extract_ms.append((time.perf_counter() - start) * 1000)
+        queries.append(features.local_sets)
+        Q.append(features.global_descriptor)
+    result = (blobs, np.stack(vectors), queries, np.stack(Q), extract_ms)
+    cache.write_bytes(pickle.dumps(result))
+    return result
+
+
+def _shortlists(X: np.ndarray, Q: np.ndarray, *, limit: int) -> list[np.ndarray]:
+    """The server's shortlist (DBA catalog, alpha-QE query), by exact search in numpy."""
+    from django.conf import settings
+
+    from retrieval.vision.expansion import database_side_augmentation
+    from retrieval.vision.shortlist import exact_nearest, expanded_shortlist
+
+    alpha = settings.LANDMARKS_EXPANSION_ALPHA
+    base = database_side_augmentation(X, neighbours=settings.LANDMARKS_DBA_NEIGHBOURS, alpha=alpha)
+    return [
+        np.array([j for j, _ in expanded_shortlist(
+            q, nearest=exact_nearest(base), vectors_of=lambda rows: base[rows], limit=limit,
+            expansion_neighbours=settings.LANDMARKS_QE_NEIGHBOURS, alpha=alpha,
+        ).ranked])
+        for q in Q
+    ]  # fmt: skip
+
+
+def _product_verification(
+    spec: str, queries: list[Any], shortlists: list[np.ndarray], stored: list[Any], labels: list[str | None]
+) -> dict[str, float]:
+    """The product's verification of every shortlist: all of it, and where the early stop
+    (LANDMARKS_VERIFY_EARLY_STOP) would have ended; pairs per second over all of it."""
+    from django.conf import settings
+
+    from retrieval.extraction import min_inliers
+    from retrieval.vision.extractors import matching_config
+    from retrieval.vision.ranking import answer_decided
+    from retrieval.vision.verification import verify_best
+
+    matching, threshold, early = matching_config(spec), min_inliers(spec), settings.LANDMARKS_VERIFY_EARLY_STOP
+    full_ms, early_ms, depths = [], [], []
+    for query_sets, shortlist in zip(queries, shortlists, strict=True):
+        inliers: list[int] = []
+        start = time.perf_counter()
+        stop_at = None
+        for n, j in enumerate(shortlist, start=1):
+            inliers.append(verify_best(query_sets, stored[j], matching)[1].inliers)
+            if stop_at is None and early and n % early == 0 and n < len(shortlist):
+                if answer_decided(inliers, [labels[k] for k in shortlist[:n]], min_inliers=threshold):
+                    stop_at = n
+                    early_ms.append((time.perf_counter() - start) * 1000)
+        full_ms.append((time.perf_counter() - start) * 1000)
+        if stop_at is None:
+            early_ms.append(full_ms[-1])
+        depths.append(stop_at or len(shortlist))
+    return {
+        "verify_100_ms_p50": statistics.median(full_ms),
+        "verify_early_stop_ms_p50": statistics.median(early_ms),
+        "verify_depth_p50": statistics.median(depths),
+        "product_pairs_per_s": sum(len(s) for s in shortlists) / (sum(full_ms) / 1000),
+    }
+
+
+def _seeds_way(queries: list[Any], shortlists: list[np.ndarray], stored: list[Any]) -> tuple[int, float]:
+    """Pairs verified the seeds' way and pairs per second (the query's first feature set)."""
+    pairs = 0
+    start = time.perf_counter()
+    for query_sets, shortlist in zip(queries, shortlists, strict=False):
+        for j in shortlist:
+            seeds_way_inliers(query_sets[0], stored[j])
+            pairs += 1
+    return pairs, (pairs / (time.perf_counter() - start) if pairs else float("nan"))
 
 
 def seeds_way_inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:

@@ -45,11 +45,28 @@ class Command(BaseCommand):
         parser.add_argument("--no-wait", action="store_true", help="with --select: do not follow the reindex job")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from retrieval.vision.model_registry import ExtractionSettings, installed_root, validate_name
-
         catalog = selectors.catalog_get(name=options["catalog"])
         if catalog is None:
             raise CommandError(f"no catalog named {options['catalog']!r}")
+        name, cache_dir, serving_size = self._checked(catalog, options)
+        data = self._training_set(catalog, max_side=max(serving_size, round(1.25 * options["image_size"])))
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".training-{name}-"))
+        try:
+            model = self._train_and_install(
+                catalog, data, name=name, cache_dir=cache_dir, serving_size=serving_size, work=work, options=options
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        spec = f"delg:{model.name}"
+        self.stdout.write(f"installed {model.name} in {model.directory}; use it with: {spec}")
+        if options["select"]:
+            self._select(catalog, spec, no_wait=options["no_wait"])
+
+    def _checked(self, catalog: Any, options: dict[str, Any]) -> tuple[str, Path, int]:
+        """The model name, the model folder and the serving size, or a CommandError."""
+        from retrieval.vision.model_registry import installed_root, validate_name
+
         backbone = options["backbone"]
         name = options["name"] or f"{catalog.name}-{backbone}".lower()
         try:
@@ -64,10 +81,15 @@ class Command(BaseCommand):
             raise CommandError("--backbone resnet50 needs --backbone-weights FILE (Keras ResNet50 notop weights)")
         if options["epochs"] < 1 or options["image_size"] < 32 or options["batch_size"] < 1:
             raise CommandError("--epochs and --batch-size must be positive and --image-size at least 32")
-        serving_size = options["serving_size"] or min(1024, max(512, 2 * options["image_size"]))
+        return name, cache_dir, options["serving_size"] or min(1024, max(512, 2 * options["image_size"]))
 
-        data = self._training_set(catalog, max_side=max(serving_size, round(1.25 * options["image_size"])))
+    def _train_and_install(
+        self, catalog: Any, data: Any, *, name: str, cache_dir: Path, serving_size: int, work: Path,
+        options: dict[str, Any],
+    ) -> Any:  # fmt: skip
+        """Train in ``work``, export with the DELG signature and install; the installed model."""
         from retrieval.vision import model_fetch
+        from retrieval.vision.model_registry import ExtractionSettings
         from retrieval.vision.training import trainer
         from retrieval.vision.training.delg_model import DelgConfig
 
@@ -80,16 +102,14 @@ class Command(BaseCommand):
             patience=options["patience"],
             seed=options["seed"],
         )
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".training-{name}-"))
         try:
             result = trainer.train(
                 data.images,
                 data.labels,
-                config=DelgConfig(backbone=backbone),
+                config=DelgConfig(backbone=options["backbone"]),
                 settings=train_settings,
                 cache_dir=cache_dir,
-                backbone_weights=weights,
+                backbone_weights=options["backbone_weights"],
                 checkpoint_dir=work / "checkpoint",
                 log=self.stdout.write,
                 progress=options["verbosity"] > 0,
@@ -110,11 +130,11 @@ class Command(BaseCommand):
                 work / "export" / "saved_model",
                 metadata={"catalog": catalog.name, "image_ids": data.image_ids, "settings": extraction.to_dict()},
             )
-            model = model_fetch.install(
+            return model_fetch.install(
                 name=name,
                 kind="delg",
                 source_path=export_dir.parent,
-                source=f"trained:catalog={catalog.name},backbone={backbone},epochs={len(result.history)}",
+                source=f"trained:catalog={catalog.name},backbone={options['backbone']},epochs={len(result.history)}",
                 sha256=model_fetch.tree_sha256(export_dir),
                 cache_dir=cache_dir,
                 settings=extraction,
@@ -122,12 +142,6 @@ class Command(BaseCommand):
             )
         except (ValueError, model_fetch.FetchError) as exc:
             raise CommandError(str(exc)) from None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        spec = f"delg:{model.name}"
-        self.stdout.write(f"installed {model.name} in {model.directory}; use it with: {spec}")
-        if options["select"]:
-            self._select(catalog, spec, no_wait=options["no_wait"])
 
     def _training_set(self, catalog: Any, *, max_side: int) -> Any:
         from retrieval.errors import RetrievalError
