@@ -1,9 +1,10 @@
 """Infrastructure faults become 503 answers instead of 500 pages.
 
 With PostgreSQL or the broker away, a request fails with a driver error deep in a view;
-this answers ``503`` (JSON ``{"error": ...}`` under ``/api/``, a short page elsewhere)
-with ``Retry-After``, and the next request after the server is back simply works
-(connections are re-opened per request; ``CONN_HEALTH_CHECKS`` drops dead ones).
+this answers ``503`` through ``views.error_answer`` (JSON ``{"error": ...}`` under
+``/api/``, a short page elsewhere) with ``Retry-After``, and the next request after the
+server is back simply works (connections are re-opened per request;
+``CONN_HEALTH_CHECKS`` drops dead ones).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from django.http import HttpRequest, HttpResponse
 from retrieval.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
-
-RETRY_AFTER_SECONDS = 30
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
@@ -45,21 +44,6 @@ class ServiceUnavailableMiddleware:
             message = f"The {which} is unavailable right now; please try again in a minute."
         else:
             return None
-        return unavailable_response(request, message)
+        from retrieval.views import error_answer
 
-
-def unavailable_response(request: HttpRequest, message: str) -> HttpResponse:
-    from django.http import JsonResponse
-    from django.utils.html import escape
-
-    if request.path.startswith("/api/"):
-        response: HttpResponse = JsonResponse({"error": message}, status=503)
-    else:
-        # No template: rendering one may need the database that is away.
-        response = HttpResponse(
-            "<!doctype html><title>Temporarily unavailable</title>"
-            f"<h1>Temporarily unavailable</h1><p>{escape(message)}</p>",
-            status=503,
-        )
-    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return response
+        return error_answer(request, ServiceUnavailable(message))

@@ -18,6 +18,7 @@ from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.html import escape
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_ratelimit.decorators import ratelimit
@@ -30,10 +31,28 @@ from retrieval.models import CatalogImage, SearchQuery, image_content_type
 logger = logging.getLogger(__name__)
 
 
+# Short titles of the plain error pages (``error_answer``) by status.
+_PAGE_TITLES = {413: "Request too large", 429: "Too many requests", 503: "Temporarily unavailable"}
+
+
 def error_response(exc: RetrievalError) -> JsonResponse:
     """The one place where application errors become HTTP answers."""
-    response = JsonResponse({"error": exc.message}, status=exc.http_status)
-    if exc.http_status == 503:
+    return _with_retry_after(JsonResponse({"error": exc.message}, status=exc.http_status))
+
+
+def error_answer(request: HttpRequest, exc: RetrievalError) -> HttpResponse:
+    """The same error for code outside the views (middleware, the rate-limit view):
+    JSON under ``/api/``, elsewhere a plain page that needs no template (and so no
+    database, which may be the thing that is away)."""
+    if request.path.startswith("/api/"):
+        return error_response(exc)
+    title = _PAGE_TITLES.get(exc.http_status, "Error")
+    page = f"<!doctype html><title>{title}</title><h1>{title}</h1><p>{escape(exc.message)}</p>"
+    return _with_retry_after(HttpResponse(page, status=exc.http_status))
+
+
+def _with_retry_after(response: HttpResponse) -> HttpResponse:
+    if response.status_code == 503:
         response["Retry-After"] = "30"
     return response
 
@@ -58,12 +77,9 @@ def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
     else:
         exc = RateLimited(f"Too many searches (limit {settings.LANDMARKS_SEARCH_RATE}); wait and try again.")
     logger.warning("rate limited %s %s from %s", request.method, request.path, request.META.get("REMOTE_ADDR"))
-    if request.path.startswith("/api/"):
-        return error_response(exc)
     if match is not None and match.url_name == "search":
         return render(request, "retrieval/search.html", {"form": SearchForm(), "error": exc.message}, status=429)
-    page = f"<!doctype html><title>Too many requests</title><h1>Too many requests</h1><p>{exc.message}</p>"
-    return HttpResponse(page, status=exc.http_status)
+    return error_answer(request, exc)
 
 
 def json_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,11 @@ class RequestBodyLimitMiddleware:
         limit = request_body_limit(request.path)
         if length <= limit:
             return self.get_response(request)
+        from retrieval.errors import PayloadTooLarge
+        from retrieval.views import error_answer
+
         logger.warning("refused a %d-byte request to %s (limit %d)", length, request.path, limit)
-        message = f"The request is {length:,} bytes; the limit is {limit:,}."
-        if request.path.startswith("/api/"):
-            return JsonResponse({"error": message}, status=413)
-        page = f"<!doctype html><title>Request too large</title><h1>Request too large</h1><p>{message}</p>"
-        return HttpResponse(page, status=413)
+        return error_answer(request, PayloadTooLarge(f"The request is {length:,} bytes; the limit is {limit:,}."))
 
 
 def client_ip(request: HttpRequest) -> str:

@@ -47,7 +47,9 @@ def search_create(
     bbox: list[float] | None = None,
     enqueue: bool = True,
 ) -> SearchQuery:
-    """Store a query photo and enqueue its search once the transaction commits.
+    """Store a query photo and send its search at once (not on commit: a search whose task
+    cannot be sent is failed and answered 503 while the user waits). The views call it in
+    autocommit, so the row is committed before the worker looks for it.
 
     Only the header is read here (:func:`image_inspect`, ``LANDMARKS_MAX_QUERY_PIXELS``);
     the worker decodes the pixels and fails the search when they are corrupt.
