@@ -59,6 +59,10 @@ class Catalog(models.Model):
         related_name="+",
         help_text="The model whose descriptors serve searches; set by indexing and reindex jobs.",
     )
+    public = models.BooleanField(
+        default=True,
+        help_text="Anyone may search it. A private catalog is searched only by signed-in or token-authenticated users.",
+    )
     augment_pending = models.BooleanField(default=False, help_text="A DBA refresh is scheduled.")
     augmented_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -109,6 +113,10 @@ def image_content_type(name: str) -> str | None:
     return SUFFIX_CONTENT_TYPES.get(name[dot:].lower()) if dot >= 0 else None
 
 
+def thumbnail_path(instance: CatalogImage, filename: str) -> str:
+    return f"thumbs/{instance.catalog_id}/{instance.sha256[:2]}/{instance.sha256}.jpg"
+
+
 def catalog_image_path(instance: CatalogImage, filename: str) -> str:
     return f"catalog/{instance.catalog_id}/{instance.sha256[:2]}/{instance.sha256}{_suffix(filename)}"
 
@@ -123,6 +131,30 @@ def _suffix(filename: str) -> str:
     dot = filename.rfind(".")
     suffix = filename[dot:].lower() if dot >= 0 else ""
     return suffix if suffix in SUFFIX_CONTENT_TYPES else ""
+
+
+class ImportJob(models.Model):
+    """One batch of uploads (``import_catalog``, the catalog API, the admin upload page).
+
+    The images point back to it; its progress is counted from their statuses
+    (``selectors.import_job_progress``), so it never drifts from what the workers did.
+    ``refused`` lists the rows or files that were not stored, with the reason.
+    """
+
+    catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="import_jobs")
+    source = models.CharField(max_length=300, blank=True, help_text="Where the files came from (a path, 'api', 'admin').")
+    submitted = models.PositiveIntegerField(default=0, help_text="Files or rows offered.")
+    duplicates = models.PositiveIntegerField(default=0, help_text="Already in the catalog (same sha256).")
+    refused = models.JSONField(default=list, blank=True, help_text="[{'name': ..., 'error': ...}] not stored.")
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="When the last file was stored (not indexed).")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"import {self.pk} into {self.catalog_id}"
 
 
 class CatalogImage(models.Model):
@@ -149,6 +181,18 @@ class CatalogImage(models.Model):
     height = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     failure_reason = models.TextField(blank=True)
+    import_job = models.ForeignKey(
+        ImportJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="images",
+        help_text="The batch it came with, if any.",
+    )  # fmt: skip
+    thumbnail = models.FileField(upload_to=thumbnail_path, max_length=300, blank=True, help_text="Made once, when indexed.")
+    # Near duplicates are flagged, not refused (exact copies are refused by sha256): the
+    # most similar indexed photo when it passes the global and the geometric checks.
+    near_duplicate_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+    )  # fmt: skip
+    near_duplicate_similarity = models.FloatField(null=True, blank=True)
+    near_duplicate_inliers = models.PositiveIntegerField(null=True, blank=True)
     # Claims (see retrieval.services.claims): the Celery task id that works on the row and
     # when it last showed progress; ``queued_at`` is when its task reached the broker.
     claimed_by = models.CharField(max_length=64, blank=True, default="", db_default="")

@@ -9,7 +9,9 @@ import numpy as np
 from django.db import connection, transaction
 from django.db.models import Count, QuerySet
 
-from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescriptor, ReindexJob, SearchQuery
+from django.utils import timezone
+
+from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescriptor, ImportJob, ReindexJob, SearchQuery
 from retrieval.vision.features import LocalFeatures
 
 
@@ -124,3 +126,76 @@ def stale_images(*, model: FeatureModel, catalog: Catalog | None = None) -> Quer
     """Images with no descriptor row from ``model``."""
     images = CatalogImage.objects.exclude(descriptors__model=model)
     return images.filter(catalog=catalog) if catalog is not None else images
+
+
+def catalogs_searchable(*, user: object) -> QuerySet[Catalog]:
+    """The catalogs this user may search: public ones for anyone, all for a signed-in or
+    token-authenticated user."""
+    catalogs = Catalog.objects.all()
+    if getattr(user, "is_authenticated", False):
+        return catalogs
+    return catalogs.filter(public=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobProgress:
+    """What a progress bar shows; ``rate`` in images per second over the last minutes of
+    work, ``eta_seconds`` None while no rate is known or nothing is left."""
+
+    total: int
+    done: int
+    failed: int
+    remaining: int
+    percent: float
+    rate: float | None
+    eta_seconds: float | None
+    running: bool
+
+
+def _rate(count: int, seconds: float) -> float | None:
+    return count / seconds if count > 0 and seconds > 0 else None
+
+
+def _progress(*, total: int, done: int, failed: int, rate: float | None, running: bool) -> JobProgress:
+    remaining = max(0, total - done - failed)
+    eta = remaining / rate if rate and remaining else None
+    percent = 100.0 * (done + failed) / total if total else 100.0
+    return JobProgress(total, done, failed, remaining, round(percent, 1), rate, eta, running)
+
+
+# Rates are measured over the most recent images finished, so an import resumed after a
+# pause does not report the pause as slowness.
+RATE_WINDOW = 50
+
+
+def import_job_progress(*, job: ImportJob) -> JobProgress:
+    """Indexing progress of an import batch, counted from its images' statuses."""
+    counts = {row["status"]: row["n"] for row in job.images.values("status").order_by().annotate(n=Count("id"))}
+    done = counts.get(CatalogImage.Status.INDEXED, 0)
+    failed = counts.get(CatalogImage.Status.FAILED, 0)
+    total = sum(counts.values())
+    recent = list(
+        job.images.filter(indexed_at__isnull=False).order_by("-indexed_at").values_list("indexed_at", flat=True)[
+            :RATE_WINDOW
+        ]
+    )
+    rate = _rate(len(recent) - 1, (recent[0] - recent[-1]).total_seconds()) if len(recent) >= 2 else None
+    running = done + failed < total or job.finished_at is None
+    return _progress(total=total, done=done, failed=failed, rate=rate, running=running)
+
+
+def import_job_failures(*, job: ImportJob, limit: int = 100) -> list[dict[str, object]]:
+    """Images of the batch that failed to index, with the reason (refused files are in
+    ``job.refused``)."""
+    rows = job.images.filter(status=CatalogImage.Status.FAILED).order_by("id")[:limit]
+    return [{"image_id": i.pk, "name": i.original_name, "error": i.failure_reason} for i in rows]
+
+
+def reindex_job_progress(*, job: ReindexJob) -> JobProgress:
+    """Progress of a reindex job from its counters; the rate over its whole run."""
+    running = job.status in (ReindexJob.Status.PENDING, ReindexJob.Status.RUNNING)
+    rate = None
+    if job.started_at is not None:
+        rate = _rate(job.processed, ((job.finished_at or timezone.now()) - job.started_at).total_seconds())
+    done = max(0, job.processed - job.failed)
+    return _progress(total=job.total, done=done, failed=job.failed, rate=rate, running=running)

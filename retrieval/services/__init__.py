@@ -25,6 +25,8 @@ from retrieval.services.ingest import (
     image_ingest_unique,
     image_inspect,
     images_requeue,
+    import_job_finish,
+    import_job_start,
 )
 from retrieval.services.queueing import DATABASE_ERRORS
 from retrieval.services.reindex import catalog_select_model, reindex_run, reindex_start
@@ -46,6 +48,8 @@ __all__ = [
     "image_ingest_unique",
     "image_inspect",
     "images_requeue",
+    "import_job_finish",
+    "import_job_start",
     "landmark_get_or_create",
     "reindex_run",
     "reindex_start",

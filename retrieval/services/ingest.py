@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 
 from retrieval import tasks
 from retrieval.errors import DuplicateImage, PayloadTooLarge, from_image_error
-from retrieval.models import Catalog, CatalogImage, Landmark, image_suffix
+from retrieval.models import Catalog, CatalogImage, ImportJob, Landmark, image_suffix
 from retrieval.services import queueing
 from retrieval.vision import preprocessing
 
@@ -77,6 +77,7 @@ def image_ingest(
     filename: str,
     landmark: Landmark | None = None,
     external_id: str = "",
+    import_job: ImportJob | None = None,
     enqueue: bool = True,
     decode: bool = False,
 ) -> IngestResult:
@@ -107,6 +108,7 @@ def image_ingest(
         height=header.height,
         original_name=filename[-300:],
         external_id=external_id[:200],
+        import_job=import_job,
     )
     image.file.save(stored_name(header=header, sha256=sha256), ContentFile(data), save=False)
     try:
@@ -124,10 +126,15 @@ def image_ingest(
 
 
 def image_ingest_unique(
-    *, catalog: Catalog, data: bytes, filename: str, landmark: Landmark | None = None
+    *,
+    catalog: Catalog,
+    data: bytes,
+    filename: str,
+    landmark: Landmark | None = None,
+    import_job: ImportJob | None = None,
 ) -> CatalogImage:
     """Like :func:`image_ingest` but a duplicate is an error (admin and API uploads)."""
-    result = image_ingest(catalog=catalog, data=data, filename=filename, landmark=landmark)
+    result = image_ingest(catalog=catalog, data=data, filename=filename, landmark=landmark, import_job=import_job)
     if not result.created:
         raise DuplicateImage(f"already in catalog {catalog.name} as image {result.image.pk} (same content).")
     return result.image
@@ -141,3 +148,20 @@ def images_requeue(*, image_ids: list[int]) -> int:
     for image_id in image_ids:
         queueing.enqueue(tasks.image_index_task, image_id)
     return count
+
+
+def import_job_start(*, catalog: Catalog, source: str, submitted: int, created_by: str = "") -> ImportJob:
+    """A batch that the following :func:`image_ingest` calls pass as ``import_job``."""
+    return ImportJob.objects.create(catalog=catalog, source=source[:300], submitted=submitted, created_by=created_by)
+
+
+def import_job_finish(*, job: ImportJob, duplicates: int, refused: list[dict[str, str]]) -> ImportJob:
+    """Record what was not stored (``refused``: ``[{"name", "error"}]``); the indexing
+    progress itself is counted from the images (``selectors.import_job_progress``)."""
+    from django.utils import timezone
+
+    job.duplicates = duplicates
+    job.refused = refused
+    job.finished_at = timezone.now()
+    job.save(update_fields=["duplicates", "refused", "finished_at"])
+    return job
