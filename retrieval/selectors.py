@@ -21,9 +21,11 @@ class Candidate:
     similarity: float
 
 
-def search_vector_sql(model: FeatureModel) -> str:
-    """The indexed expression: the DBA descriptor where computed, else the plain one."""
-    return f"(COALESCE(embedding_aug, embedding)::halfvec({int(model.global_dim)}))"
+def search_vector_sql(model: FeatureModel, alias: str = "") -> str:
+    """The indexed expression: the DBA descriptor where computed, else the plain one
+    (``alias``: the table's alias in the query, if it has one)."""
+    prefix = f"{alias}." if alias else ""
+    return f"(COALESCE({prefix}embedding_aug, {prefix}embedding)::halfvec({int(model.global_dim)}))"
 
 
 def shortlist_sql(model: FeatureModel) -> str:

@@ -254,6 +254,9 @@ LANDMARKS_QE_NEIGHBOURS = env.get_int("LANDMARKS_QE_NEIGHBOURS", 10, minimum=0)
 LANDMARKS_DBA_NEIGHBOURS = env.get_int("LANDMARKS_DBA_NEIGHBOURS", 10, minimum=0)
 LANDMARKS_EXPANSION_ALPHA = env.get_float("LANDMARKS_EXPANSION_ALPHA", 3.0, minimum=0.0)
 LANDMARKS_AUGMENT_DELAY_SECONDS = env.get_float("LANDMARKS_AUGMENT_DELAY_SECONDS", 5.0, minimum=0.0)
+# A full augmentation (retrieval.services.augmentation) is exact up to this many rows of a
+# model in a catalog (N x D float32 in the worker's memory); above, it goes through the index.
+LANDMARKS_DBA_EXACT_MAX_ROWS = env.get_int("LANDMARKS_DBA_EXACT_MAX_ROWS", 50_000, minimum=0)
 LANDMARKS_HNSW_EF_SEARCH = env.get_int("LANDMARKS_HNSW_EF_SEARCH", 200, minimum=1)
 
 # Celery: JSON only; searches and indexing on separate queues so that a bulk import

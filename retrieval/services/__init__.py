@@ -1,6 +1,7 @@
 """Writes, one module per job; keyword-only arguments. Reads live in ``retrieval.selectors``.
 
-- ``catalogs``: catalogs, landmarks, the extractor of a catalog, DBA refreshes
+- ``catalogs``: catalogs, landmarks, the extractor of a catalog, scheduling DBA refreshes
+- ``augmentation``: the DBA refresh itself (incremental through the index, or full)
 - ``ingest``: validating uploads (header only) and storing catalog photos
 - ``indexing``: extracting a photo and storing its descriptor row; feature models
 - ``search``: storing, running, waiting for and purging searches
@@ -10,10 +11,11 @@
 The names below are the public API the views, commands, tasks and tests call.
 """
 
+from retrieval.services.augmentation import catalog_augment
 from retrieval.services.catalogs import (
-    catalog_augment,
     catalog_extractor_spec,
     catalog_get_or_create,
+    catalog_rebuild_augmentation,
     catalog_request_augmentation,
     landmark_get_or_create,
 )
@@ -38,6 +40,7 @@ __all__ = [
     "catalog_augment",
     "catalog_extractor_spec",
     "catalog_get_or_create",
+    "catalog_rebuild_augmentation",
     "catalog_request_augmentation",
     "catalog_select_model",
     "descriptor_store",

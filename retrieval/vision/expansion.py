@@ -39,9 +39,28 @@ def database_side_augmentation(
     for start in range(0, count, block):
         sims = base[start : start + block] @ base.T  # (b, N)
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        weights = np.maximum(np.take_along_axis(sims, top, axis=1), 0.0) ** alpha  # (b, k)
-        out[start : start + block] = np.einsum("bk,bkd->bd", weights, base[top])
-    return _normalise(out).astype(np.float32)
+        out[start : start + block] = augment_from_neighbours(
+            base[top], np.take_along_axis(sims, top, axis=1), alpha=alpha
+        )
+    return out
+
+
+def augment_from_neighbours(neighbours: np.ndarray, similarities: np.ndarray, *, alpha: float = 3.0) -> np.ndarray:
+    """The DBA descriptor of rows whose nearest neighbours are already known (itself
+    included, as the database's incremental updates find them through the index).
+
+    Args:
+        neighbours: (n, k, D) the k nearest descriptors of each of n rows.
+        similarities: (n, k) their cosine similarities to the row.
+    Returns:
+        (n, D) float32 unit rows: normalise(sum_j max(s_j, 0) ** alpha * x_j).
+    """
+    if neighbours.ndim != 3 or similarities.shape != neighbours.shape[:2]:
+        raise ValueError(
+            f"neighbours (n, k, D) and similarities (n, k) disagree: {neighbours.shape}, {similarities.shape}"
+        )
+    weights = np.maximum(similarities, 0.0) ** alpha
+    return _normalise(np.einsum("nk,nkd->nd", weights, neighbours)).astype(np.float32)
 
 
 def alpha_query_expansion(

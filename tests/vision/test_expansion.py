@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.vision.expansion import alpha_query_expansion, database_side_augmentation
+from retrieval.vision.expansion import alpha_query_expansion, augment_from_neighbours, database_side_augmentation
 
 
 def _unit(a: np.ndarray) -> np.ndarray:
@@ -46,3 +46,11 @@ def test_query_expansion_ignores_negative_similarities_and_empty_input() -> None
     q = _unit(np.array([1.0, 0.0]))
     assert np.allclose(alpha_query_expansion(q, np.array([[-1.0, 0.0]]), np.array([-1.0])), q)
     assert np.allclose(alpha_query_expansion(q, np.zeros((0, 2)), np.zeros(0)), q)
+
+
+def test_augmenting_from_known_neighbours_equals_the_full_augmentation() -> None:
+    x = _unit(np.random.default_rng(4).normal(size=(40, 8)))
+    sims = x @ x.T
+    top = np.argsort(-sims, axis=1)[:, :5]
+    rows = augment_from_neighbours(x[top], np.take_along_axis(sims, top, axis=1))
+    assert np.allclose(rows, database_side_augmentation(x, neighbours=5), atol=1e-5)
