@@ -61,6 +61,7 @@ class Catalog(models.Model):
     )
     public = models.BooleanField(
         default=True,
+        db_default=True,
         help_text="Anyone may search it. A private catalog is searched only by signed-in or token-authenticated users.",
     )
     augment_pending = models.BooleanField(default=False, help_text="A DBA refresh is scheduled.")
@@ -185,7 +186,10 @@ class CatalogImage(models.Model):
         ImportJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="images",
         help_text="The batch it came with, if any.",
     )  # fmt: skip
-    thumbnail = models.FileField(upload_to=thumbnail_path, max_length=300, blank=True, help_text="Made once, when indexed.")
+    # DB defaults: rows written by code that predates these columns (a rolling upgrade).
+    thumbnail = models.FileField(
+        upload_to=thumbnail_path, max_length=300, blank=True, db_default="", help_text="Made once, when indexed."
+    )
     # Near duplicates are flagged, not refused (exact copies are refused by sha256): the
     # most similar indexed photo when it passes the global and the geometric checks.
     near_duplicate_of = models.ForeignKey(
