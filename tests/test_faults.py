@@ -349,3 +349,62 @@ def test_sixteen_searching_clients_do_not_starve_the_site(site: Site) -> None:
     assert len(latencies) == len(probe.results) and max(latencies) < 5, probe.results
     _wait_until(lambda: site.sql(UNFINISHED) == [(0,)], 120, "every search accepted finished", site)
     assert site.sql(FAILED) == failed_before
+
+
+def _vectors(site: Site, catalog: str, column: str) -> np.ndarray:
+    rows = site.sql(
+        f"SELECT d.{column}::text FROM retrieval_imagedescriptor d JOIN retrieval_catalog c ON c.id = d.catalog_id "
+        "WHERE c.name = %s ORDER BY d.image_id",
+        catalog,
+    )
+    return np.asarray([json.loads(text) for (text,) in rows], np.float32)
+
+
+def test_a_second_index_worker_with_its_own_data_folder_shares_an_import(site: Site, tmp_path: Path) -> None:
+    """Scaling out as the README says: a worker on "another machine" (its own data and
+    model folders, the shared photo storage, the same DATABASE_URL and REDIS_URL)."""
+    from retrieval.vision.expansion import database_side_augmentation
+
+    machine = tmp_path / "machine2"
+    env = dict(
+        site.env,
+        DATABASE_URL=read_services_file(site.data_dir)["DATABASE_URL"],
+        LANDMARKS_DATA_DIR=str(machine / "var"),
+        LANDMARKS_MODEL_DIR=str(machine / "models"),
+        LANDMARKS_MEDIA_DIR=str(site.data_dir / "media"),
+    )
+    prepared = subprocess.run(
+        [sys.executable, "manage.py", "prepare_models", "--weights-only"], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+    log = tmp_path / "worker2.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "searchsite", "worker", "-Q", "index", "-n", "index2@%h",
+             "--concurrency", "1", "--loglevel", "INFO"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_until(lambda: b"ready." in log.read_bytes(), 120, "the second worker ready", site)
+        first_worker_done = site.tail().count("succeeded in")
+        folder = _photo_folder(tmp_path / "photos", REAL_PHOTOS, flip=True)
+        imported = site.manage("import_catalog", str(folder), "--catalog", "two-workers")
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        _wait_until(lambda: _all_indexed(site, "two-workers", len(REAL_PHOTOS)), 300, "every photo indexed", site)
+        augmented = "SELECT count(*) FROM retrieval_catalog WHERE name = 'two-workers' AND augmented_at IS NOT NULL"
+        _wait_until(lambda: site.sql(augmented) == [(1,)], 60, "the catalog augmented", site)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+    second = log.read_text(errors="replace")
+    assert second.count("index_image") and "succeeded in" in second, second[-3000:]
+    assert site.tail().count("succeeded in") > first_worker_done  # the first worker took some too
+    assert _descriptor_rows_per_image(site, "two-workers") == [1] * len(REAL_PHOTOS)
+    assert _extracted_again(site, "two-workers") == 0
+    plain = _vectors(site, "two-workers", "embedding")
+    expected = database_side_augmentation(plain, neighbours=10)
+    assert np.allclose(_vectors(site, "two-workers", "embedding_aug"), expected, atol=3e-3)
