@@ -118,6 +118,7 @@ def evaluate(
     top_k: int | None = None,
     ransac_seeds: int = 1,
     same_place: Sequence[Sequence[str]] = (),
+    augment_every: int = 0,
     progress: bool = True,
 ) -> Evaluation:
     """Evaluate the loaded sets with the configured extractor and search settings.
@@ -130,6 +131,9 @@ def evaluate(
         same_place: pair sets: groups of pair ids that show the same place (for files
             without ``place``); they are never combined into mismatched pairs. Raises
             DatasetError for an unknown id.
+        augment_every: retrieval sets: augment the catalog after every N images indexed,
+            as a catalog growing by imports is (the first runs in full, later ones
+            incrementally: ``services.augmentation``); 0 augments once at the end.
         progress: show tqdm progress bars (on stderr).
     """
     if ransac_seeds < 1:
@@ -150,7 +154,8 @@ def evaluate(
     summary["settings"] = search_settings()
     summary["timings_ms"] = {}
     if retrieval is not None:
-        _evaluate_retrieval(retrieval, evaluation, top_k=top_k, progress=progress)
+        summary["settings"]["augment_every"] = augment_every
+        _evaluate_retrieval(retrieval, evaluation, top_k=top_k, augment_every=augment_every, progress=progress)
     if pairs is not None:
         _evaluate_pairs(pairs, evaluation, seeds=range(ransac_seeds), same_place=same_place, progress=progress)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
@@ -236,17 +241,16 @@ def catalog_purge(*, catalog_id: int) -> None:
 
 
 def _evaluate_retrieval(
-    dataset: RetrievalDataset, evaluation: Evaluation, *, top_k: int | None, progress: bool
+    dataset: RetrievalDataset, evaluation: Evaluation, *, top_k: int | None, augment_every: int, progress: bool
 ) -> None:
     summary = evaluation.summary
-    timings: dict[str, list[float]] = {"ingest": [], "index": []}
+    timings: dict[str, list[float]] = {"ingest": [], "index": [], "augment": []}
     with throwaway_catalog(dataset.name) as catalog:
-        ids_of, failed, duplicates = _index_catalog(dataset, catalog, timings, progress=progress)
+        ids_of, failed, duplicates = _index_catalog(
+            dataset, catalog, timings, augment_every=augment_every, progress=progress
+        )
         indexed = sum(len(ids) for ids in ids_of.values())
-        if settings.LANDMARKS_DBA_NEIGHBOURS > 1:  # what the worker's catalog_augment task does
-            start = time.perf_counter()
-            services.catalog_augment(catalog_id=catalog.pk)
-            timings["augment"] = [(time.perf_counter() - start) * 1000]
+        _augment_now(catalog, timings)
         depth = min(max(1, len(ids_of)), MAX_SEARCH_DEPTH)
         if depth < len(ids_of):
             logger.warning("rankings stop at %d of %d catalog images (pgvector's limit)", depth, len(ids_of))
@@ -289,8 +293,25 @@ def _evaluate_retrieval(
     summary["per_query"] = list(per_query.values())
 
 
+def _augment_now(catalog: Catalog, timings: dict[str, list[float]]) -> None:
+    """What the worker's catalog_augment task does, in this process; afterwards the
+    refresh stays claimed, so that indexing never sends one to a worker."""
+    if settings.LANDMARKS_DBA_NEIGHBOURS <= 1:
+        return
+    Catalog.objects.filter(pk=catalog.pk).update(augment_pending=True)
+    start = time.perf_counter()
+    services.catalog_augment(catalog_id=catalog.pk)
+    timings["augment"].append((time.perf_counter() - start) * 1000)
+    Catalog.objects.filter(pk=catalog.pk).update(augment_pending=True)
+
+
 def _index_catalog(
-    dataset: RetrievalDataset, catalog: Catalog, timings: dict[str, list[float]], *, progress: bool
+    dataset: RetrievalDataset,
+    catalog: Catalog,
+    timings: dict[str, list[float]],
+    *,
+    augment_every: int = 0,
+    progress: bool,
 ) -> tuple[dict[int, list[str]], list[dict[str, str]], list[dict[str, str]]]:
     """Ingest and index every catalog image in this process.
 
@@ -327,6 +348,8 @@ def _index_catalog(
         start = time.perf_counter()
         image = services.image_index(image_id=result.image.pk)
         timings["index"].append((time.perf_counter() - start) * 1000)
+        if augment_every and len(timings["index"]) % augment_every == 0:
+            _augment_now(catalog, timings)
         if image is None or image.status != CatalogImage.Status.INDEXED:
             failed.append({"id": item.id, "reason": image.failure_reason if image else "deleted"})
             continue

@@ -26,7 +26,7 @@ from retrieval.vision.extractors import matching_config
 from retrieval.vision.extractors.base import Extractor
 from retrieval.vision.features import ImageFeatures, LocalFeatures
 from retrieval.vision.shortlist import expanded_shortlist
-from retrieval.vision.ranking import RankedResult, answer_decided, recognise, rerank
+from retrieval.vision.ranking import RankedResult, Recognition, answer_decided, recognise, rerank
 from retrieval.vision.verification import Verification, verify_best
 
 logger = logging.getLogger(__name__)
@@ -241,14 +241,50 @@ def _search_stages(query: SearchQuery, timer: StageTimer, *, task_id: str) -> No
     extractor, model = _model_for(query.catalog)
     with timer.stage("extract"):
         features = _extract(extractor, crop, bbox=query.bbox)
+    outcome = search_rank(
+        catalog=query.catalog, model=model, extractor=extractor, features=features, top_k=query.top_k,
+        config=config, timer=timer,
+    )  # fmt: skip
+    results = _results(outcome.ranked[: query.top_k], outcome.shortlist, outcome.verified, features)
+    recognition = outcome.recognition
+    # Only the claim holder writes the answer (a takeover may have happened meanwhile).
+    SearchQuery.objects.filter(pk=query.pk, claimed_by=task_id, status=SearchQuery.Status.RUNNING).update(
+        status=SearchQuery.Status.DONE,
+        **queueing.RELEASED,
+        model=model,
+        results=results,
+        landmark_name=recognition.landmark if recognition else "",
+        landmark_confidence=recognition.confidence if recognition else None,
+        timings_ms=timer.total(),
+        finished_at=timezone.now(),
+    )
+
+
+@dataclasses.dataclass
+class SearchOutcome:
+    shortlist: _Shortlist
+    verified: _Verified
+    ranked: list[RankedResult]
+    recognition: Recognition | None
+
+
+def search_rank(
+    *,
+    catalog: Catalog,
+    model: FeatureModel,
+    extractor: Extractor,
+    features: ImageFeatures,
+    top_k: int,
+    config: SearchConfig,
+    timer: StageTimer,
+) -> SearchOutcome:
+    """Shortlist -> verify -> rank -> recognise for extracted query features (the search
+    worker, and ``bench/scale.py`` on synthetic catalogs). Stage times go to ``timer``."""
     with timer.stage("shortlist"):
         shortlist = _shortlist(
-            catalog=query.catalog,
-            model=model,
-            descriptor=features.global_descriptor,
-            limit=max(config.shortlist_size, query.top_k),
-            config=config,
-        )
+            catalog=catalog, model=model, descriptor=features.global_descriptor,
+            limit=max(config.shortlist_size, top_k), config=config,
+        )  # fmt: skip
     min_inliers = extraction.min_inliers(extractor.model_name)
     with timer.stage("verify"):
         verified = _verify(
@@ -261,18 +297,7 @@ def _search_stages(query: SearchQuery, timer: StageTimer, *, task_id: str) -> No
         [(c.image_id, c.similarity) for c in shortlist.candidates], verified.inliers, min_inliers=min_inliers
     )
     recognition = recognise(ranked, shortlist.labels, min_inliers=min_inliers)
-    results = _results(ranked[: query.top_k], shortlist, verified, features)
-    # Only the claim holder writes the answer (a takeover may have happened meanwhile).
-    SearchQuery.objects.filter(pk=query.pk, claimed_by=task_id, status=SearchQuery.Status.RUNNING).update(
-        status=SearchQuery.Status.DONE,
-        **queueing.RELEASED,
-        model=model,
-        results=results,
-        landmark_name=recognition.landmark if recognition else "",
-        landmark_confidence=recognition.confidence if recognition else None,
-        timings_ms=timer.total(),
-        finished_at=timezone.now(),
-    )
+    return SearchOutcome(shortlist, verified, ranked, recognition)
 
 
 def _load(query: SearchQuery, *, max_pixels: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from django.core.management import CommandError, call_command
 from retrieval import services
 from retrieval.extraction import min_inliers
 from retrieval.models import Catalog, CatalogImage, ImageDescriptor, Landmark, SearchQuery
-from retrieval.services import queueing
+from retrieval.services import augmentation, queueing
 from tests.conftest import encode, load_photo
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -266,3 +266,31 @@ def test_pairs_of_one_place_are_never_mismatched(tiny_dataset: Path, tmp_path: P
 def test_it_refuses_an_unknown_pair_in_a_same_place_group(tiny_dataset: Path) -> None:
     with pytest.raises(CommandError, match="unknown pair ids: nope"):
         call_command("evaluate", str(tiny_dataset), "--no-progress", "--same-place", "chelsea,nope")
+
+
+@pytest.mark.django_db
+def test_augmenting_as_the_catalog_grows_gives_the_rankings_of_one_augmentation(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(queueing, "enqueue", _refuse_enqueue)
+    monkeypatch.setattr(queueing, "send", _refuse_enqueue)  # no DBA refresh goes to a worker either
+    monkeypatch.setattr(augmentation, "INCREMENTAL_MAX_SHARE", 1.0)  # every run after the first: incremental
+    calls = []
+    incremental = augmentation.descriptors_augment_incremental
+    monkeypatch.setattr(
+        augmentation, "descriptors_augment_incremental", lambda **kw: calls.append(kw) or incremental(**kw)
+    )
+    reports = {}
+    for every in (0, 2):
+        path = tmp_path / f"every-{every}.json"
+        call_command("evaluate", str(tiny_dataset), "--no-progress", "--augment-every", str(every), json=str(path))
+        reports[every] = json.loads(path.read_text())
+    assert reports[2]["settings"]["augment_every"] == 2
+    assert len(calls) == 2  # after images 4 and 6 (the first run, after image 2, is a full one)
+    for ranking in ("shortlist", "verified"):
+        assert reports[2][ranking] == reports[0][ranking]
+
+
+def test_it_refuses_a_negative_augmentation_step(tiny_dataset: Path) -> None:
+    with pytest.raises(CommandError, match="--augment-every"):
+        call_command("evaluate", str(tiny_dataset), "--no-progress", "--augment-every", "-1")

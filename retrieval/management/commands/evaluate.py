@@ -50,6 +50,15 @@ class Command(BaseCommand):
             help="pair sets: these pairs show the same place, so they are never combined into a "
             "mismatched pair (for files without a 'place' field; repeatable)",
         )
+        parser.add_argument(
+            "--augment-every",
+            dest="augment_every",
+            type=int,
+            default=0,
+            metavar="N",
+            help="retrieval sets: augment the catalog after every N images indexed, as a catalog growing by "
+            "imports is (incremental DBA after the first run); default: once at the end",
+        )
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     def handle(
@@ -62,9 +71,12 @@ class Command(BaseCommand):
         top_k: int | None,
         ransac_seeds: int,
         same_place: list[str],
+        augment_every: int,
         no_progress: bool,
         **options: Any,
     ) -> None:
+        if augment_every < 0:
+            raise CommandError(f"--augment-every must be 0 or more, got {augment_every}")
         if top_k is not None and top_k < 1:
             raise CommandError(f"--top-k must be at least 1, got {top_k}")
         if ransac_seeds < 1:
@@ -78,6 +90,7 @@ class Command(BaseCommand):
                 top_k=top_k,
                 ransac_seeds=int(ransac_seeds),
                 same_place=groups,
+                augment_every=int(augment_every),
                 progress=not no_progress,
             )
         except DatasetError as exc:
