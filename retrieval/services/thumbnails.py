@@ -45,8 +45,11 @@ def thumbnail_ensure(*, image: CatalogImage) -> str:
     name = image.thumbnail.name
     if name and default_storage.exists(name):
         return name
+    if not image.file.name:
+        raise InvalidImage("The stored photo is missing.")
     try:
-        with image.file.open("rb") as handle:
+        # Through the storage: the field's cached file object cannot be reopened.
+        with image.file.storage.open(image.file.name, "rb") as handle:
             pil = _open_reduced(handle)
     except FileNotFoundError:
         raise InvalidImage("The stored photo is missing.") from None
