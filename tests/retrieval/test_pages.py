@@ -238,7 +238,7 @@ def test_the_live_jobs_fragment_is_staff_only(client: Client, signed_in: Client)
     assert signed_in.get("/jobs/live").status_code == 403
 
 
-def test_the_jobs_page_shows_an_import_with_its_percentage_and_failures(admin_client: Client, photo_bytes: bytes) -> None:
+def test_the_jobs_page_shows_an_import_with_its_percentage_and_failures(admin_client: Client) -> None:
     catalog = CatalogFactory(name="paris")
     job = services.import_job_start(catalog=catalog, source="admin upload", submitted=5, created_by="admin")
     CatalogImageFactory.create_batch(2, catalog=catalog, import_job=job, status=CatalogImage.Status.INDEXED)
