@@ -2,10 +2,11 @@
 // A static file (the Content-Security-Policy allows no inline script); without it the
 // plain form works as it is.
 //
-// The region is kept in the photo's own upright pixels, the size the server reads: the
-// browser's <img> applies the EXIF orientation (image-orientation: from-image), and its
-// naturalWidth/naturalHeight are the upright size, so a pointer position maps to photo
-// pixels by the ratio of the natural size to the displayed one.
+// The region is kept in the photo's own upright pixels, the size the server reads:
+// createImageBitmap(file, {imageOrientation: "from-image"}) decodes the photo upright
+// (EXIF orientation applied), its width/height are that size, and a pointer position maps
+// to photo pixels by the ratio of that size to the displayed one. The preview is a canvas
+// (the policy allows no blob: images), drawn at most PREVIEW_SIDE pixels on a side.
 (function () {
   "use strict";
   var form = document.getElementById("search-form");
@@ -13,7 +14,8 @@
   var input = form.querySelector("input[type=file]");
   var dropzone = document.getElementById("dropzone");
   var preview = document.getElementById("preview");
-  var img = document.getElementById("preview-img");
+  var canvas = document.getElementById("preview-canvas");
+  var PREVIEW_SIDE = 1600;
   var svg = document.getElementById("region");
   var shade = svg.querySelector(".region-shade");
   var rect = svg.querySelector(".region-rect");
@@ -24,7 +26,7 @@
   var fileError = document.getElementById("file-error");
   var submit = document.getElementById("search-submit");
   var maxBytes = Number(form.dataset.maxBytes) || 0;
-  var objectUrl = null;
+  var generation = 0; // the latest file chosen; an older decode finishing late is ignored
   var size = null; // [width, height] of the upright photo
   var region = null; // [x1, y1, x2, y2] in photo pixels
   var drag = null;
@@ -43,31 +45,43 @@
     bboxInput.value = "";
     drawRegion();
     showError("");
+    delete preview.dataset.ready;
     if (!file) { preview.hidden = true; return; }
     if (maxBytes && file.size > maxBytes) {
       showError("This file is " + megabytes(file.size) + "; the limit is " + megabytes(maxBytes) + ".");
     }
-    if (objectUrl) URL.revokeObjectURL(objectUrl);
-    objectUrl = URL.createObjectURL(file);
     size = null;
     preview.hidden = false;
     noPreview.hidden = true;
-    img.hidden = false;
+    canvas.hidden = true;
+    svg.classList.add("inactive");
     sizeText.textContent = file.name;
-    img.src = objectUrl;
+    var mine = ++generation;
+    if (!window.createImageBitmap) { cannotPreview(); return; }
+    createImageBitmap(file, { imageOrientation: "from-image" }).then(function (bitmap) {
+      if (mine !== generation) { bitmap.close(); return; }
+      size = [bitmap.width, bitmap.height];
+      var scale = Math.min(1, PREVIEW_SIDE / Math.max(size[0], size[1]));
+      canvas.width = Math.max(1, Math.round(size[0] * scale));
+      canvas.height = Math.max(1, Math.round(size[1] * scale));
+      canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+      bitmap.close();
+      canvas.hidden = false;
+      svg.classList.remove("inactive");
+      svg.setAttribute("viewBox", "0 0 " + size[0] + " " + size[1]);
+      sizeText.textContent = size[0] + " × " + size[1] + " px";
+      preview.dataset.ready = "1";
+      fromField();
+    }, function () {
+      if (mine === generation) cannotPreview();
+    });
   }
 
-  img.addEventListener("load", function () {
-    size = [img.naturalWidth, img.naturalHeight];
-    svg.setAttribute("viewBox", "0 0 " + size[0] + " " + size[1]);
-    sizeText.textContent = size[0] + " × " + size[1] + " px";
-    fromField();
-  });
-  img.addEventListener("error", function () {
+  function cannotPreview() {
     size = null;
-    img.hidden = true;
+    canvas.hidden = true;
     noPreview.hidden = false;
-  });
+  }
 
   input.addEventListener("change", function () { chosen(input.files[0]); });
 
