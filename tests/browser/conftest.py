@@ -32,8 +32,9 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def chromium() -> Iterator[object]:
-    """One headless Chromium for the session (a new one per test costs ~1 s)."""
+def chromium(live_server: object) -> Iterator[object]:
+    """One headless Chromium for the session (a new one per test costs ~1 s), quit before
+    the live server stops so that no kept-alive request holds a database connection."""
     browser, driver_path = _binaries()
     if browser is None or driver_path is None:
         pytest.skip(
@@ -77,3 +78,10 @@ def wait_for(condition: Callable[[], object], *, timeout: float = 60, message: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s: {message}")
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def live_server(django_db_setup: None, live_server: object) -> object:
+    """pytest-django's live server, started after the test database is set up so that it
+    stops (closing its connections) before the database is dropped."""
+    return live_server
