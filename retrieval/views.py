@@ -268,7 +268,7 @@ def catalog_detail_page(request: HttpRequest, name: str) -> HttpResponse:
     catalog = selectors.catalog_searchable_get(user=request.user, name=name)
     if catalog is None:
         raise Http404(f"No catalog named {name}.")
-    name_filter = request.GET.get("q", "").strip()[:200]
+    name_filter = request.GET.get("q", "").replace("\x00", "").strip()[:200]  # PostgreSQL refuses NUL
     landmarks = selectors.catalog_landmarks_page(
         catalog=catalog, page=request.GET.get("page"), name_contains=name_filter
     )

@@ -171,6 +171,7 @@ def test_the_catalog_page_filters_and_pages_landmarks_without_failing_on_bad_num
     assert "Page 2 of 2" in client.get("/catalogs/paris/?page=999").content.decode()
     filtered = client.get("/catalogs/paris/?q=louv").content.decode()
     assert "Louvre" in filtered and "site 00" not in filtered
+    assert client.get("/catalogs/paris/?q=%00&page=-1").status_code == 200
 
 
 @pytest.mark.parametrize("name", ["nowhere", "secret"])
@@ -202,6 +203,7 @@ def test_the_image_page_shows_landmark_status_failure_and_near_duplicate(client:
 def test_an_unknown_image_or_one_of_a_private_catalog_is_a_404_page(client: Client) -> None:
     private = CatalogImageFactory(catalog=CatalogFactory(name="secret", public=False))
     assert client.get("/images/999999/").status_code == 404
+    assert client.get("/images/99999999999999999999999/").status_code == 404  # past bigint
     assert client.get(f"/images/{private.pk}/").status_code == 404
 
 
@@ -221,6 +223,7 @@ def test_the_thumbnail_route_makes_the_thumbnail_once_and_serves_it_as_jpeg(clie
 def test_the_thumbnail_of_an_unknown_image_or_a_missing_photo_is_a_404(client: Client) -> None:
     broken = CatalogImageFactory(catalog=CatalogFactory(name="paris"))  # its "file" is not an image
     assert client.get("/images/999999/thumb").status_code == 404
+    assert client.get("/images/99999999999999999999999/thumb").status_code == 404
     assert client.get(f"/images/{broken.pk}/thumb").status_code == 404
 
 
