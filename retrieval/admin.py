@@ -11,9 +11,13 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from retrieval import services
-from retrieval.errors import RetrievalError
+from retrieval.errors import DuplicateImage, RetrievalError
 from retrieval.forms import CatalogUploadForm
-from retrieval.models import Catalog, CatalogImage, FeatureModel, Landmark, ReindexJob, SearchQuery
+from retrieval.models import Catalog, CatalogImage, FeatureModel, ImportJob, Landmark, ReindexJob, SearchQuery
+
+
+# The index links to the jobs and catalog pages (templates/admin/retrieval_index.html).
+admin.site.index_template = "admin/retrieval_index.html"
 
 
 @admin.register(Catalog)
@@ -72,8 +76,8 @@ class CatalogImageAdmin(admin.ModelAdmin):
 
     @admin.display(description="photo")
     def thumbnail(self, obj: CatalogImage) -> str:
-        url = reverse("catalog-image-file", args=[obj.pk])
-        return format_html('<img src="{}" class="catalog-thumbnail" alt="">', url)
+        url = reverse("catalog-image-thumbnail", args=[obj.pk])
+        return format_html('<img src="{}" class="catalog-thumbnail" alt="" loading="lazy">', url)
 
     @admin.action(description="Index again")
     def reindex_images(self, request: HttpRequest, queryset: QuerySet[CatalogImage]) -> None:
@@ -99,21 +103,37 @@ class CatalogImageAdmin(admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             catalog = self._upload_catalog(request, form)
             if catalog is not None:
-                landmark = services.landmark_get_or_create(catalog=catalog, name=form.cleaned_data["landmark"])
-                added = 0
-                for upload in form.cleaned_data["files"]:
-                    try:
-                        services.image_ingest_unique(
-                            catalog=catalog, data=upload.read(), filename=upload.name, landmark=landmark
-                        )
-                        added += 1
-                    except RetrievalError as exc:
-                        messages.error(request, f"Skipped {upload.name}: {exc.message}")
-                if added:
-                    messages.success(request, f"{added} image(s) added to {catalog.name} and queued for indexing.")
-                return redirect("admin:retrieval_catalogimage_changelist")
+                job = self._upload_files(request, catalog=catalog, form=form)
+                return redirect(reverse("jobs") + f"#import-{job.pk}")
         context = {**self.admin_site.each_context(request), "form": form, "title": "Upload catalog photos", "opts": self.model._meta}
         return render(request, "admin/retrieval/catalogimage/upload.html", context)
+
+    def _upload_files(self, request: HttpRequest, *, catalog: Catalog, form: CatalogUploadForm) -> ImportJob:
+        """Store the files as one import batch (the jobs page follows its indexing)."""
+        files = form.cleaned_data["files"]
+        landmark = services.landmark_get_or_create(catalog=catalog, name=form.cleaned_data["landmark"])
+        job = services.import_job_start(
+            catalog=catalog, source="admin upload", submitted=len(files), created_by=request.user.get_username()
+        )
+        added, duplicates, refused = 0, 0, []
+        for upload in files:
+            try:
+                services.image_ingest_unique(
+                    catalog=catalog, data=upload.read(), filename=upload.name, landmark=landmark, import_job=job
+                )
+                added += 1
+            except DuplicateImage as exc:
+                duplicates += 1
+                messages.warning(request, f"Skipped {upload.name}: {exc.message}")
+            except RetrievalError as exc:
+                refused.append({"name": upload.name, "error": exc.message})
+                messages.error(request, f"Skipped {upload.name}: {exc.message}")
+        services.import_job_finish(job=job, duplicates=duplicates, refused=refused)
+        if added:
+            messages.success(
+                request, f"{added} image(s) added to {catalog.name} and queued for indexing (import {job.pk})."
+            )
+        return job
 
     def _upload_catalog(self, request: HttpRequest, form: CatalogUploadForm) -> Catalog | None:
         """The chosen catalog, or the new one it names; None with a form error when the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from django import forms
+from django.db.models import QuerySet
 
 from retrieval.models import Catalog
 
@@ -49,6 +50,15 @@ class SearchForm(forms.Form):
     top_k = forms.IntegerField(min_value=1, max_value=100, initial=10, required=False)
     bbox = forms.CharField(required=False, help_text="Optional region x1,y1,x2,y2 in query pixels.")
 
+    def __init__(self, *args: object, catalogs: QuerySet[Catalog] | None = None, **kwargs: object) -> None:
+        """``catalogs``: those offered and accepted (the search page passes the ones the
+        user may search); all by default."""
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fields["image"].widget.attrs.update(accept="image/*")
+        self.fields["bbox"].widget.attrs.update(autocomplete="off", placeholder="e.g. 120,40,860,610")
+        if catalogs is not None:
+            self.fields["catalog"].queryset = catalogs  # type: ignore[attr-defined]
+
     def clean_bbox(self) -> list[float] | None:
         return parse_bbox(self.cleaned_data.get("bbox", ""))
 
@@ -56,10 +66,11 @@ class SearchForm(forms.Form):
         catalog = self.cleaned_data.get("catalog")
         if catalog is not None:
             return catalog
-        catalogs = list(Catalog.objects.all()[:2])
+        offered = self.fields["catalog"].queryset  # type: ignore[attr-defined]
+        catalogs = list(offered[:2])
         if len(catalogs) == 1:
             return catalogs[0]
-        default = Catalog.objects.filter(name="default").first()
+        default = offered.filter(name="default").first()
         if default is None:
             raise forms.ValidationError(
                 "No catalog exists yet." if not catalogs else "Several catalogs exist: choose one with 'catalog'."

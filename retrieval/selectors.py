@@ -6,12 +6,22 @@ import dataclasses
 import uuid
 
 import numpy as np
+from django.core.paginator import Page, Paginator
 from django.db import connection, transaction
-from django.db.models import Count, QuerySet
-
+from django.db.models import Count, F, Q, QuerySet, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescriptor, ImportJob, ReindexJob, SearchQuery
+from retrieval.models import (
+    Catalog,
+    CatalogImage,
+    FeatureModel,
+    ImageDescriptor,
+    ImportJob,
+    Landmark,
+    ReindexJob,
+    SearchQuery,
+)
 from retrieval.vision.features import LocalFeatures
 
 
@@ -201,3 +211,109 @@ def reindex_job_progress(*, job: ReindexJob) -> JobProgress:
         rate = _rate(job.processed, ((job.finished_at or timezone.now()) - job.started_at).total_seconds())
     done = max(0, job.processed - job.failed)
     return _progress(total=job.total, done=done, failed=job.failed, rate=rate, running=running)
+
+
+# --- Web pages: catalogs, landmarks, images, jobs -------------------------------------
+
+
+def catalog_searchable_get(*, user: object, name: str) -> Catalog | None:
+    """The catalog of that name if this user may search it (else None: a 404, which does
+    not tell a private catalog from a missing one)."""
+    return catalogs_searchable(user=user).filter(name=name).first()
+
+
+def catalogs_overview(*, user: object) -> QuerySet[Catalog]:
+    """The catalogs this user may search, with ``landmark_count``, ``image_count`` and
+    ``indexed_count``."""
+    return catalogs_searchable(user=user).annotate(
+        landmark_count=Count("landmarks", distinct=True),
+        image_count=Count("images", distinct=True),
+        indexed_count=Count("images", filter=Q(images__status=CatalogImage.Status.INDEXED), distinct=True),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkSummary:
+    """One landmark of a catalog page (``landmark`` None: the images without one)."""
+
+    landmark: Landmark | None
+    image_count: int
+    samples: list[CatalogImage]
+
+
+def catalog_landmarks_page(
+    *, catalog: Catalog, page: object, name_contains: str = "", per_page: int = 24, samples: int = 4
+) -> Page:
+    """One page of the catalog's landmarks (name order; ``name_contains`` filters them)
+    with image counts and the first ``samples`` images of each; the images without a
+    landmark come after the last one when no filter is given.
+
+    ``page`` is whatever the query string said: invalid numbers give the first page, too
+    large ones the last (``Paginator.get_page``).
+    """
+    landmarks = catalog.landmarks.annotate(image_count=Count("images")).order_by("name", "id")
+    if name_contains:
+        landmarks = landmarks.filter(name__icontains=name_contains)
+    paginator = Paginator(landmarks, per_page)
+    current = paginator.get_page(page)
+    ids = [landmark.pk for landmark in current.object_list]
+    by_landmark: dict[int | None, list[CatalogImage]] = {}
+    numbered = CatalogImage.objects.filter(catalog=catalog).annotate(
+        row=Window(RowNumber(), partition_by=[F("landmark_id")], order_by=[F("id").asc()])
+    )
+    if ids:
+        for image in numbered.filter(landmark_id__in=ids, row__lte=samples):
+            by_landmark.setdefault(image.landmark_id, []).append(image)
+    rows = [LandmarkSummary(lm, lm.image_count, by_landmark.get(lm.pk, [])) for lm in current.object_list]
+    if not current.has_next() and not name_contains:
+        orphans = catalog.images.filter(landmark__isnull=True)
+        count = orphans.count()
+        if count:
+            rows.append(LandmarkSummary(None, count, list(numbered.filter(landmark__isnull=True, row__lte=samples))))
+    current.object_list = rows
+    return current
+
+
+def catalog_image_get(*, user: object, image_id: int) -> CatalogImage | None:
+    """A catalog photo for its page, if its catalog is one this user may search."""
+    return (
+        CatalogImage.objects.select_related("catalog", "landmark", "near_duplicate_of", "import_job")
+        .filter(pk=image_id, catalog__in=catalogs_searchable(user=user))
+        .first()
+    )
+
+
+def catalog_image_for_file(*, image_id: int) -> CatalogImage | None:
+    """A catalog photo by id for its file and thumbnail (served as the file view always
+    has: the results pages of any search link to them)."""
+    return CatalogImage.objects.filter(pk=image_id).first()
+
+
+@dataclasses.dataclass(frozen=True)
+class JobRow:
+    """One line of the jobs page: an import or a reindex with its progress and failures."""
+
+    kind: str  # "import" or "reindex"
+    job: ImportJob | ReindexJob
+    progress: JobProgress
+    failures: list[dict[str, object]]
+
+    @property
+    def anchor(self) -> str:
+        return f"{self.kind}-{self.job.pk}"
+
+
+def jobs_recent(*, limit: int = 15) -> list[JobRow]:
+    """The running imports and reindexes and the latest finished ones (``limit`` of each
+    kind), newest first."""
+    imports = ImportJob.objects.select_related("catalog").order_by("-created_at")[:limit]
+    reindexes = ReindexJob.objects.select_related("catalog", "model").order_by("-created_at")[:limit]
+    rows = [
+        JobRow("import", job, import_job_progress(job=job), [*job.refused, *import_job_failures(job=job, limit=20)])
+        for job in imports
+    ]
+    for reindex in reindexes:
+        failures: list[dict[str, object]] = [{"name": "job", "error": reindex.error}] if reindex.error else []
+        rows.append(JobRow("reindex", reindex, reindex_job_progress(job=reindex), failures))
+    rows.sort(key=lambda row: row.job.created_at, reverse=True)
+    return rows

@@ -14,6 +14,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
+from django.db.models import QuerySet
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -26,7 +28,7 @@ from django_ratelimit.decorators import ratelimit
 from retrieval import selectors, services
 from retrieval.errors import InvalidInput, NotFound, PayloadTooLarge, RateLimited, RetrievalError
 from retrieval.forms import SearchForm
-from retrieval.models import CatalogImage, SearchQuery, image_content_type
+from retrieval.models import Catalog, CatalogImage, SearchQuery, image_content_type
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +101,8 @@ def _form_error(form: SearchForm) -> InvalidInput:
     return InvalidInput(prefix + " ".join(str(e) for e in errors))
 
 
-def _create_search(request: HttpRequest) -> SearchQuery:
-    form = SearchForm(request.POST, request.FILES)
+def _create_search(request: HttpRequest, catalogs: QuerySet[Catalog] | None = None) -> SearchQuery:
+    form = SearchForm(request.POST, request.FILES, catalogs=catalogs)
     if not form.is_valid():
         raise _form_error(form)
     upload = form.cleaned_data["image"]
@@ -211,15 +213,23 @@ def api_search_detail(request: HttpRequest, public_id: str) -> JsonResponse:
 @require_http_methods(["GET", "POST"])
 @search_rate_limit
 def search_page(request: HttpRequest) -> HttpResponse:
+    catalogs = selectors.catalogs_searchable(user=request.user)
     if request.method == "POST":
         try:
-            query = _create_search(request)
+            query = _create_search(request, catalogs=catalogs)
         except RetrievalError as exc:
-            form = SearchForm(request.POST)
-            return render(request, "retrieval/search.html", {"form": form, "error": exc.message}, status=exc.http_status)
+            form = SearchForm(request.POST, catalogs=catalogs)
+            context = {"form": form, "error": exc.message, **_search_page_context(catalogs)}
+            return render(request, "retrieval/search.html", context, status=exc.http_status)
         _wait_for_search(query, settings.LANDMARKS_SEARCH_WAIT_SECONDS)
         return redirect("search-detail", public_id=query.public_id)
-    return render(request, "retrieval/search.html", {"form": SearchForm()})
+    # ?catalog=NAME preselects it (the "try another catalog" links of a results page).
+    form = SearchForm(catalogs=catalogs, initial={"catalog": request.GET.get("catalog", "")[:100]})
+    return render(request, "retrieval/search.html", {"form": form, **_search_page_context(catalogs)})
+
+
+def _search_page_context(catalogs: QuerySet[Catalog]) -> dict[str, Any]:
+    return {"has_catalogs": catalogs.exists(), "max_upload_bytes": settings.LANDMARKS_MAX_UPLOAD_BYTES}
 
 
 @require_GET
@@ -228,7 +238,89 @@ def search_detail_page(request: HttpRequest, public_id: uuid.UUID) -> HttpRespon
     if query is None:
         raise Http404(f"No search with id {public_id}.")
     payload = search_payload(request, query)
-    return render(request, "retrieval/results.html", {"query": query, "payload": payload})
+    others = selectors.catalogs_searchable(user=request.user).exclude(pk=query.catalog_id)[:5]
+    context = {
+        "query": query,
+        "payload": payload,
+        "other_catalogs": others,
+        # What the "no match" explanation quotes.
+        "verified_count": sum(1 for r in query.results if r.get("verified")),
+        "best_inliers": max((r.get("inliers") or 0 for r in query.results), default=0),
+    }
+    return render(request, "retrieval/results.html", context)
+
+
+# --- Catalog, image and jobs pages ---------------------------------------------------
+# Who sees what: the catalog and image pages show the catalogs the user may search
+# (public ones, all of them once signed in; others are a 404 like a missing one); the
+# jobs page is for staff (others go to the admin login). Photos and thumbnails are
+# served by id like the original file view, since any search's results page shows them.
+
+
+@require_GET
+def catalog_list_page(request: HttpRequest) -> HttpResponse:
+    catalogs = selectors.catalogs_overview(user=request.user)
+    return render(request, "retrieval/catalog_list.html", {"catalogs": catalogs})
+
+
+@require_GET
+def catalog_detail_page(request: HttpRequest, name: str) -> HttpResponse:
+    catalog = selectors.catalog_searchable_get(user=request.user, name=name)
+    if catalog is None:
+        raise Http404(f"No catalog named {name}.")
+    name_filter = request.GET.get("q", "").replace("\x00", "").strip()[:200]  # PostgreSQL refuses NUL
+    landmarks = selectors.catalog_landmarks_page(
+        catalog=catalog, page=request.GET.get("page"), name_contains=name_filter
+    )
+    counts = selectors.catalog_status_counts(catalog=catalog)
+    context = {
+        "catalog": catalog,
+        "landmarks": landmarks,
+        "counts": counts,
+        "total": sum(counts.values()),
+        "q": name_filter,
+    }
+    return render(request, "retrieval/catalog_detail.html", context)
+
+
+@require_GET
+def catalog_image_page(request: HttpRequest, image_id: int) -> HttpResponse:
+    image = selectors.catalog_image_get(user=request.user, image_id=image_id)
+    if image is None:
+        raise Http404(f"No image with id {image_id}.")
+    return render(request, "retrieval/image_detail.html", {"image": image})
+
+
+@require_GET
+def catalog_image_thumbnail(request: HttpRequest, image_id: int) -> FileResponse:
+    """The photo's thumbnail (a JPEG, longest side ``THUMBNAIL_MAX_SIDE``), made now and
+    kept if the photo was indexed before thumbnails existed or has not been indexed yet."""
+    image = selectors.catalog_image_for_file(image_id=image_id)
+    if image is None:
+        raise Http404(f"No image with id {image_id}.")
+    try:
+        services.thumbnail_ensure(image=image)
+    except RetrievalError as exc:
+        raise Http404(exc.message) from None
+    response = _file_response(image.thumbnail)
+    response["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+@require_GET
+@staff_member_required
+def jobs_page(request: HttpRequest) -> HttpResponse:
+    return render(request, "retrieval/jobs.html", {"rows": selectors.jobs_recent()})
+
+
+@require_GET
+def jobs_live(request: HttpRequest) -> HttpResponse:
+    """The jobs list alone (an HTML fragment), polled by ``jobs.js`` every two seconds."""
+    if not (request.user.is_active and request.user.is_staff):
+        return HttpResponse("Staff only.", status=403, content_type="text/plain")
+    response = render(request, "retrieval/_jobs_list.html", {"rows": selectors.jobs_recent()})
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 @require_GET

@@ -6,6 +6,7 @@
 - ``indexing``: extracting a photo and storing its descriptor row; feature models
 - ``search``: storing, running, waiting for and purging searches
 - ``reindex``: re-extracting catalogs with another model in the background
+- ``thumbnails``: the small JPEGs the pages show instead of the originals
 - ``queueing``: claims on rows and sending tasks (with the sweep in ``retrieval.recovery``)
 
 The names below are the public API the views, commands, tasks and tests call.
@@ -33,6 +34,7 @@ from retrieval.services.ingest import (
 from retrieval.services.queueing import DATABASE_ERRORS
 from retrieval.services.reindex import catalog_select_model, reindex_run, reindex_start
 from retrieval.services.search import search_create, search_execute, search_purge_expired, search_wait
+from retrieval.services.thumbnails import thumbnail_ensure, thumbnail_name, thumbnail_store
 
 __all__ = [
     "DATABASE_ERRORS",
@@ -60,4 +62,7 @@ __all__ = [
     "search_execute",
     "search_purge_expired",
     "search_wait",
+    "thumbnail_ensure",
+    "thumbnail_name",
+    "thumbnail_store",
 ]

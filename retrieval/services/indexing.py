@@ -13,7 +13,7 @@ from django.utils import timezone
 from retrieval import selectors
 from retrieval.errors import RetrievalError
 from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescriptor
-from retrieval.services import catalogs, ingest, queueing
+from retrieval.services import catalogs, ingest, queueing, thumbnails
 from retrieval.vision.extractors.base import Extractor
 from retrieval.vision.features import ImageFeatures
 
@@ -97,6 +97,8 @@ def image_extract(*, image: CatalogImage, extractor: Extractor, model: FeatureMo
         image_fail(image, f"Feature extraction failed: {type(exc).__name__}: {exc}")
         return False
     descriptor_store(image=image, model=model, features=features, descriptor_dtype=extractor.descriptor_dtype)
+    if not image.thumbnail.name:
+        _thumbnail_store(image=image, rgb=rgb)
     CatalogImage.objects.filter(pk=image.pk).update(
         status=CatalogImage.Status.INDEXED,
         **queueing.RELEASED,
@@ -107,6 +109,15 @@ def image_extract(*, image: CatalogImage, extractor: Extractor, model: FeatureMo
         updated_at=timezone.now(),
     )
     return True
+
+
+def _thumbnail_store(*, image: CatalogImage, rgb: np.ndarray) -> None:
+    """The thumbnail from the pixels decoded anyway; a failure here (a full disk) leaves
+    it to be made on first request rather than failing the indexing."""
+    try:
+        thumbnails.thumbnail_store(image=image, rgb=rgb)
+    except Exception:
+        logger.exception("thumbnail of image %s not made", image.pk)
 
 
 def image_fail(image: CatalogImage, reason: str) -> None:

@@ -113,3 +113,20 @@ def test_a_superuser_still_creates_a_catalog_and_uploads(admin_client_logged_in:
     )
     assert response.status_code == 302
     assert Catalog.objects.get(name="museum").images.count() == 1
+
+
+def test_an_upload_is_one_import_job_that_the_jobs_page_follows(admin_client_logged_in: Client) -> None:
+    from retrieval.models import ImportJob
+
+    admin_client_logged_in.post("/admin/retrieval/catalogimage/upload/", {"new_catalog": "museum", "files": _files("rocket")})
+    bad = SimpleUploadedFile("notes.jpg", b"just text", "image/jpeg")
+    response = admin_client_logged_in.post(
+        "/admin/retrieval/catalogimage/upload/", {"new_catalog": "museum", "files": [*_files("rocket", "coffee"), bad]}
+    )
+    job = ImportJob.objects.order_by("-pk").first()
+    assert response.status_code == 302 and response["Location"] == f"/jobs/#import-{job.pk}"
+    assert (job.source, job.submitted, job.duplicates, job.created_by) == ("admin upload", 3, 1, "admin")
+    assert [r["name"] for r in job.refused] == ["notes.jpg"] and job.finished_at is not None
+    assert [i.original_name for i in job.images.all()] == ["coffee.jpg"]
+    page = admin_client_logged_in.get("/jobs/").content.decode()
+    assert f'id="import-{job.pk}"' in page and "notes.jpg: The file is not an image" in page
