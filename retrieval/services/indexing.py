@@ -56,29 +56,22 @@ def image_index(*, image_id: int, task_id: str = "", retry: bool = False) -> Cat
     ):
         return _refused_image(image_id)
     for position, (extractor, model) in enumerate(work):
-        features = _extract_and_store(image=image, extractor=extractor, model=model)
-        if features is None:
+        # The catalog's own model (the first) also checks for near duplicates.
+        if not _extract_and_store(image=image, extractor=extractor, model=model, check_duplicates=position == 0):
             break
         Catalog.objects.filter(pk=image.catalog_id, active_model__isnull=True).update(active_model=model)
         catalogs.catalog_request_augmentation(catalog_id=image.catalog_id)
-        if position == 0:  # the catalog's own model
-            try:
-                image_flag_near_duplicate(image=image, extractor=extractor, model=model, features=features)
-            except queueing.DATABASE_ERRORS:
-                raise
-            except Exception:  # the image is indexed; a failed check only leaves it unflagged
-                logger.exception("near-duplicate check failed for image %s", image.pk)
     image.refresh_from_db()
     return image
 
 
-def image_flag_near_duplicate(
+def image_near_duplicate(
     *, image: CatalogImage, extractor: Extractor, model: FeatureModel, features: ImageFeatures
-) -> CatalogImage | None:
-    """Flag ``image`` as a near duplicate of the most similar earlier photo of its catalog
-    when their plain global cosine is at least ``LANDMARKS_NEAR_DUPLICATE_SIMILARITY``
-    (calibrated in bench/near_duplicates.py) and their local features verify with the
-    model's "same place" inliers; clears the flag otherwise. Returns that photo or None.
+) -> dict[str, object]:
+    """The near-duplicate fields of ``image`` (its descriptor row is stored): the most
+    similar earlier photo of its catalog when their plain global cosine is at least
+    ``LANDMARKS_NEAR_DUPLICATE_SIMILARITY`` (calibrated in bench/near_duplicates.py) and
+    their local features verify with the model's "same place" inliers; else all None.
 
     One shortlist query, one plain-cosine query and, above the threshold only, one
     verification: small next to the extraction.
@@ -103,8 +96,21 @@ def image_flag_near_duplicate(
                 "near_duplicate_inliers": inliers,
             }
             logger.info("image %s is a near duplicate of image %s (%s)", image.pk, nearest.image_id, flag)
-    CatalogImage.objects.filter(pk=image.pk).update(**flag)
-    return CatalogImage.objects.filter(pk=nearest.image_id).first() if flag["near_duplicate_of"] else None
+    return flag
+
+
+def _near_duplicate_fields(
+    *, image: CatalogImage, extractor: Extractor, model: FeatureModel, features: ImageFeatures
+) -> dict[str, object]:
+    """:func:`image_near_duplicate`, or no change when it fails: the image is indexed
+    anyway (database errors still propagate, so that the task retries)."""
+    try:
+        return image_near_duplicate(image=image, extractor=extractor, model=model, features=features)
+    except queueing.DATABASE_ERRORS:
+        raise
+    except Exception:
+        logger.exception("near-duplicate check failed for image %s", image.pk)
+        return {}
 
 
 def _inliers_either_way(
@@ -139,11 +145,14 @@ def _refused_image(image_id: int) -> CatalogImage | None:
 
 def image_extract(*, image: CatalogImage, extractor: Extractor, model: FeatureModel) -> bool:
     """Extract ``image`` with ``extractor`` and upsert its descriptor row; sets the status."""
-    return _extract_and_store(image=image, extractor=extractor, model=model) is not None
+    return _extract_and_store(image=image, extractor=extractor, model=model)
 
 
-def _extract_and_store(*, image: CatalogImage, extractor: Extractor, model: FeatureModel) -> ImageFeatures | None:
-    """:func:`image_extract`, returning the features stored (None when it failed)."""
+def _extract_and_store(
+    *, image: CatalogImage, extractor: Extractor, model: FeatureModel, check_duplicates: bool = False
+) -> bool:
+    """:func:`image_extract`; with ``check_duplicates`` the near-duplicate fields are
+    written with the ``indexed`` status, so that an indexed image is always checked."""
     try:
         with image.file.open("rb") as handle:
             data = handle.read()
@@ -151,16 +160,22 @@ def _extract_and_store(*, image: CatalogImage, extractor: Extractor, model: Feat
         features = extractor.extract(rgb)
     except FileNotFoundError:
         image_fail(image, "The stored file is missing.")
-        return None
+        return False
     except RetrievalError as exc:
         image_fail(image, exc.message)
-        return None
+        return False
     except Exception as exc:  # keep the worker alive; the reason is on the image
         logger.exception("extraction failed for image %s", image.pk)
         image_fail(image, f"Feature extraction failed: {type(exc).__name__}: {exc}")
-        return None
+        return False
     descriptor_store(image=image, model=model, features=features, descriptor_dtype=extractor.descriptor_dtype)
+    flag = (
+        _near_duplicate_fields(image=image, extractor=extractor, model=model, features=features)
+        if check_duplicates
+        else {}
+    )
     CatalogImage.objects.filter(pk=image.pk).update(
+        **flag,
         status=CatalogImage.Status.INDEXED,
         **queueing.RELEASED,
         failure_reason="",
@@ -169,7 +184,7 @@ def _extract_and_store(*, image: CatalogImage, extractor: Extractor, model: Feat
         indexed_at=timezone.now(),
         updated_at=timezone.now(),
     )
-    return features
+    return True
 
 
 def image_fail(image: CatalogImage, reason: str) -> None:

@@ -364,7 +364,7 @@ def _results(
             "height": image.height,
             "name": image.original_name,
             "external_id": image.external_id,
-            # Flagged at indexing (services.image_flag_near_duplicate); null when not.
+            # Flagged at indexing (services.indexing.image_near_duplicate); null when not.
             "near_duplicate_of": image.near_duplicate_of_id,
         }
         if rank <= DRAWN_RESULTS and result.verified and result.image_id in verified.best:
