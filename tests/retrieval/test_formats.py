@@ -49,6 +49,17 @@ def test_a_heic_search_upload_is_stored_as_heic_and_its_page_image_is_a_jpeg(cli
     assert rendition.format == "JPEG" and rendition.size == (451, 300)
 
 
+def test_a_rotated_heic_is_stored_with_its_upright_size_and_shown_upright(client: Client, catalog) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera held sideways: turn 90 degrees clockwise to view
+    data = encode(load_photo("chelsea.png"), "HEIF", exif=exif.tobytes())
+    status, body = _search(client, data, "IMG_0002.HEIC", wait="0")
+    assert status == 202, body
+    assert (body["query"]["width"], body["query"]["height"]) == (300, 451)
+    rendition = Image.open(io.BytesIO(_body(client.get(f"/searches/{body['id']}/image"))))
+    assert rendition.size == (300, 451)
+
+
 def test_an_avif_search_upload_is_stored_and_served_as_avif(client: Client, catalog) -> None:
     status, body = _search(client, encode(load_photo("coffee.png"), "AVIF"), "q.avif", wait="0")
     assert status == 202, body

@@ -189,3 +189,12 @@ def test_heic_and_avif_files_are_imported_from_a_folder(tmp_path: Path) -> None:
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.mark.e2e
+def test_wait_follows_the_import_jobs_indexing_with_its_rate(celery_worker: object, folder: Path, capsys) -> None:
+    call_command("import_catalog", str(folder), catalog="city", wait=True, timeout=300)
+    job = ImportJob.objects.get()
+    captured = capsys.readouterr()
+    assert f"indexed: 2 of 2 (import job {job.pk})" in captured.out
+    assert "indexing" in captured.err and "img/s" in captured.err
