@@ -61,12 +61,33 @@ class LandmarkAdmin(admin.ModelAdmin):
     search_fields = ["name"]
 
 
+class NearDuplicateFilter(admin.SimpleListFilter):
+    """Photos flagged by the index worker as near duplicates of an earlier one."""
+
+    title = "near duplicate"
+    parameter_name = "near_duplicate"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[CatalogImage]) -> QuerySet[CatalogImage]:
+        if self.value() in ("yes", "no"):
+            return queryset.filter(near_duplicate_of__isnull=self.value() == "no")
+        return queryset
+
+
 @admin.register(CatalogImage)
 class CatalogImageAdmin(admin.ModelAdmin):
-    list_display = ["id", "thumbnail", "original_name", "catalog", "landmark", "status", "failure_reason", "created_at"]
-    list_filter = ["catalog", "status", "landmark"]
+    list_display = [
+        "id", "thumbnail", "original_name", "catalog", "landmark", "status", "near_duplicate", "failure_reason",
+        "created_at",
+    ]  # fmt: skip
+    list_filter = ["catalog", "status", NearDuplicateFilter, "landmark"]
     search_fields = ["original_name", "sha256", "external_id"]
-    readonly_fields = ["sha256", "width", "height", "status", "failure_reason", "indexed_at", "created_at", "updated_at"]
+    readonly_fields = [
+        "sha256", "width", "height", "status", "failure_reason", "near_duplicate_of", "near_duplicate_similarity",
+        "near_duplicate_inliers", "indexed_at", "created_at", "updated_at",
+    ]  # fmt: skip
     actions = ["reindex_images"]
     change_list_template = "admin/retrieval/catalogimage/change_list.html"
 
@@ -78,6 +99,16 @@ class CatalogImageAdmin(admin.ModelAdmin):
     def thumbnail(self, obj: CatalogImage) -> str:
         url = reverse("catalog-image-thumbnail", args=[obj.pk])
         return format_html('<img src="{}" class="catalog-thumbnail" alt="" loading="lazy">', url)
+
+    @admin.display(description="near duplicate of", ordering="near_duplicate_of")
+    def near_duplicate(self, obj: CatalogImage) -> str:
+        if obj.near_duplicate_of_id is None:
+            return "-"
+        url = reverse("admin:retrieval_catalogimage_change", args=[obj.near_duplicate_of_id])
+        return format_html(
+            '<a href="{}">image {}</a> (cosine {}, {} inliers)',
+            url, obj.near_duplicate_of_id, obj.near_duplicate_similarity, obj.near_duplicate_inliers,
+        )  # fmt: skip
 
     @admin.action(description="Index again")
     def reindex_images(self, request: HttpRequest, queryset: QuerySet[CatalogImage]) -> None:

@@ -95,11 +95,16 @@ class Landmark(models.Model):
 # content type they are served with depends on, so a client cannot choose either.
 FORMAT_SUFFIXES = {
     "JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif",
+    "HEIF": ".heic", "AVIF": ".avif",
 }  # fmt: skip
 SUFFIX_CONTENT_TYPES = {
     ".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".tif": "image/tiff", ".bmp": "image/bmp",
-    ".gif": "image/gif",
+    ".gif": "image/gif", ".heic": "image/heic", ".avif": "image/avif",
 }  # fmt: skip
+# Formats that most browsers cannot show (HEIC: Safari only; TIFF: Safari only): the
+# pages get a JPEG rendition of them (``services.image_rendition``). AVIF is shown by
+# every current browser and is served as it is.
+RENDITION_SUFFIXES = frozenset({".heic", ".tif"})
 
 
 def image_suffix(image_format: str) -> str:
@@ -112,6 +117,12 @@ def image_content_type(name: str) -> str | None:
     (e.g. stored before names were derived from the format)."""
     dot = name.rfind(".")
     return SUFFIX_CONTENT_TYPES.get(name[dot:].lower()) if dot >= 0 else None
+
+
+def needs_rendition(name: str) -> bool:
+    """Whether a stored file is served as a JPEG rendition rather than as it is."""
+    dot = name.rfind(".")
+    return dot >= 0 and name[dot:].lower() in RENDITION_SUFFIXES
 
 
 def thumbnail_path(instance: CatalogImage, filename: str) -> str:

@@ -103,6 +103,25 @@ def descriptor_shortlist(
     return [Candidate(image_id=row[0], similarity=1.0 - float(row[1])) for row in rows]
 
 
+def nearest_plain(
+    *, catalog: Catalog, model: FeatureModel, image_id: int, query: np.ndarray, limit: int = 10
+) -> Candidate | None:
+    """The image of the catalog whose plain descriptor is most similar (cosine) to
+    ``query`` among the ``limit`` nearest by the HNSW index, leaving out ``image_id``
+    and images added after it (a near duplicate points at the earlier photo).
+
+    Two cheap queries: the indexed shortlist (which ranks by the augmented descriptors
+    where they exist) and the plain cosine of its few rows.
+    """
+    found = descriptor_shortlist(catalog=catalog, model=model, query=query, limit=limit + 1)
+    ids = [c.image_id for c in found if c.image_id < image_id]
+    cosines = plain_similarities(model=model, image_ids=ids, query=query)
+    if not cosines:
+        return None
+    best = max(cosines, key=lambda i: (cosines[i], -i))
+    return Candidate(image_id=best, similarity=cosines[best])
+
+
 def local_features_for(*, model: FeatureModel, image_ids: list[int]) -> dict[int, LocalFeatures]:
     rows = ImageDescriptor.objects.filter(model=model, image_id__in=image_ids).values_list(
         "image_id", "local_features"

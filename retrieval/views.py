@@ -28,7 +28,7 @@ from django_ratelimit.decorators import ratelimit
 from retrieval import selectors, services
 from retrieval.errors import InvalidInput, NotFound, PayloadTooLarge, RateLimited, RetrievalError
 from retrieval.forms import SearchForm
-from retrieval.models import Catalog, CatalogImage, SearchQuery, image_content_type
+from retrieval.models import Catalog, CatalogImage, SearchQuery, image_content_type, needs_rendition
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def jobs_live(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-def catalog_image_file(request: HttpRequest, image_id: int) -> FileResponse:
+def catalog_image_file(request: HttpRequest, image_id: int) -> HttpResponse:
     image = CatalogImage.objects.filter(pk=image_id).first()
     if image is None:
         raise Http404(f"No image with id {image_id}.")
@@ -332,17 +332,19 @@ def catalog_image_file(request: HttpRequest, image_id: int) -> FileResponse:
 
 
 @require_GET
-def search_image_file(request: HttpRequest, public_id: uuid.UUID) -> FileResponse:
+def search_image_file(request: HttpRequest, public_id: uuid.UUID) -> HttpResponse:
     query = selectors.search_get_public(public_id=public_id)
     if query is None:
         raise Http404(f"No search with id {public_id}.")
     return _file_response(query.image)
 
 
-def _file_response(field: FieldFile) -> FileResponse:
+def _file_response(field: FieldFile) -> HttpResponse:
     """A stored photo, typed by its extension (which the services derive from the decoded
     format), so that no upload is ever rendered as a page."""
     name = re.sub(r"[^A-Za-z0-9._-]", "", os.path.basename(field.name or "")) or "image"
+    if needs_rendition(name):
+        return _rendition_response(field, name)
     content_type = image_content_type(name)
     try:
         handle = field.open("rb")
@@ -353,6 +355,24 @@ def _file_response(field: FieldFile) -> FileResponse:
         response = FileResponse(handle, as_attachment=True, filename=name, content_type="application/octet-stream")
     else:
         response = FileResponse(handle, filename=name, content_type=content_type)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def _rendition_response(field: FieldFile, name: str) -> HttpResponse:
+    """A JPEG made on request from a photo most browsers cannot show (HEIC, TIFF)."""
+    try:
+        with field.open("rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise Http404("The stored file is missing.") from None
+    try:
+        jpeg = services.image_rendition(data=data)
+    except RetrievalError as exc:
+        return error_response(exc)
+    response = HttpResponse(jpeg, content_type="image/jpeg")
+    response["Content-Disposition"] = f'inline; filename="{name.rsplit(".", 1)[0]}.jpg"'
     response["X-Content-Type-Options"] = "nosniff"
     response["Cache-Control"] = "private, max-age=3600"
     return response

@@ -242,6 +242,10 @@ LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
 LANDMARKS_VERIFY_EARLY_STOP = env.get_int("LANDMARKS_VERIFY_EARLY_STOP", 10, minimum=0)
 # Inliers for "same place"; unset: the value calibrated for the local feature in use.
 LANDMARKS_MIN_INLIERS = env.get_optional_int("LANDMARKS_MIN_INLIERS", minimum=4)
+# A new catalog photo whose plain global cosine to an earlier one of its catalog reaches
+# this, and that verifies with the "same place" inliers, is flagged as its near duplicate
+# (not refused). 0.93: bench/near_duplicates.py on paris5 (docs/quality.md); above 1: off.
+LANDMARKS_NEAR_DUPLICATE_SIMILARITY = env.get_float("LANDMARKS_NEAR_DUPLICATE_SIMILARITY", 0.93, minimum=0.0)
 # Query photos and their results are deleted this many days after the search (hourly
 # task search_purge_expired); 0 keeps them forever.
 LANDMARKS_QUERY_RETENTION_DAYS = env.get_int("LANDMARKS_QUERY_RETENTION_DAYS", 30, minimum=0)

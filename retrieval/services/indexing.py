@@ -10,12 +10,14 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from retrieval import selectors
+from retrieval import extraction, selectors
 from retrieval.errors import RetrievalError
 from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescriptor
 from retrieval.services import catalogs, ingest, queueing, thumbnails
+from retrieval.vision.extractors import matching_config
 from retrieval.vision.extractors.base import Extractor
-from retrieval.vision.features import ImageFeatures
+from retrieval.vision.features import ImageFeatures, LocalFeatures
+from retrieval.vision.verification import VerificationConfig, verify_pair
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +55,75 @@ def image_index(*, image_id: int, task_id: str = "", retry: bool = False) -> Cat
         CatalogImage, image_id, task_id=task_id or uuid.uuid4().hex, busy=CatalogImage.Status.PROCESSING, retry=retry
     ):
         return _refused_image(image_id)
-    for extractor, model in work:
-        if not image_extract(image=image, extractor=extractor, model=model):
+    for position, (extractor, model) in enumerate(work):
+        # The catalog's own model (the first) also checks for near duplicates.
+        if not _extract_and_store(image=image, extractor=extractor, model=model, check_duplicates=position == 0):
             break
         Catalog.objects.filter(pk=image.catalog_id, active_model__isnull=True).update(active_model=model)
         catalogs.catalog_request_augmentation(catalog_id=image.catalog_id)
     image.refresh_from_db()
     return image
+
+
+def image_near_duplicate(
+    *, image: CatalogImage, extractor: Extractor, model: FeatureModel, features: ImageFeatures
+) -> dict[str, object]:
+    """The near-duplicate fields of ``image`` (its descriptor row is stored): the most
+    similar earlier photo of its catalog when their plain global cosine is at least
+    ``LANDMARKS_NEAR_DUPLICATE_SIMILARITY`` (calibrated in bench/near_duplicates.py) and
+    their local features verify with the model's "same place" inliers; else all None.
+
+    One shortlist query, one plain-cosine query and, above the threshold only, one
+    verification: small next to the extraction.
+    """
+    nearest = selectors.nearest_plain(
+        catalog=image.catalog, model=model, image_id=image.pk, query=features.global_descriptor
+    )
+    min_inliers = extraction.min_inliers(extractor.model_name)
+    flag: dict[str, object] = {
+        "near_duplicate_of": None,
+        "near_duplicate_similarity": None,
+        "near_duplicate_inliers": None,
+    }
+    if nearest is not None and nearest.similarity >= settings.LANDMARKS_NEAR_DUPLICATE_SIMILARITY:
+        stored = selectors.local_features_for(model=model, image_ids=[nearest.image_id]).get(nearest.image_id)
+        config = matching_config(extractor.model_name)
+        inliers = _inliers_either_way(features.local, stored, config, min_inliers=min_inliers) if stored else 0
+        if inliers >= min_inliers:
+            flag = {
+                "near_duplicate_of": nearest.image_id,
+                "near_duplicate_similarity": round(nearest.similarity, 4),
+                "near_duplicate_inliers": inliers,
+            }
+            logger.info("image %s is a near duplicate of image %s (%s)", image.pk, nearest.image_id, flag)
+    return flag
+
+
+def _near_duplicate_fields(
+    *, image: CatalogImage, extractor: Extractor, model: FeatureModel, features: ImageFeatures
+) -> dict[str, object]:
+    """:func:`image_near_duplicate`, or no change when it fails: the image is indexed
+    anyway (database errors still propagate, so that the task retries)."""
+    try:
+        return image_near_duplicate(image=image, extractor=extractor, model=model, features=features)
+    except queueing.DATABASE_ERRORS:
+        raise
+    except Exception:
+        logger.exception("near-duplicate check failed for image %s", image.pk)
+        return {}
+
+
+def _inliers_either_way(
+    new: LocalFeatures, stored: LocalFeatures, config: VerificationConfig, *, min_inliers: int
+) -> int:
+    """Inliers of the pair, verified the other way round when the first fit fails: a
+    fundamental matrix fitted to a rescaled copy (all matches on one homography) is
+    degenerate and MSAC sometimes finds nothing one way and ~all matches the other
+    (bench/near_duplicates.py: 1 of 40 copies resized to 60 %)."""
+    inliers = verify_pair(new, stored, config).inliers
+    if inliers >= min_inliers:
+        return inliers
+    return max(inliers, verify_pair(stored, new, config).inliers)
 
 
 def _refused_image(image_id: int) -> CatalogImage | None:
@@ -81,6 +145,14 @@ def _refused_image(image_id: int) -> CatalogImage | None:
 
 def image_extract(*, image: CatalogImage, extractor: Extractor, model: FeatureModel) -> bool:
     """Extract ``image`` with ``extractor`` and upsert its descriptor row; sets the status."""
+    return _extract_and_store(image=image, extractor=extractor, model=model)
+
+
+def _extract_and_store(
+    *, image: CatalogImage, extractor: Extractor, model: FeatureModel, check_duplicates: bool = False
+) -> bool:
+    """:func:`image_extract`; with ``check_duplicates`` the near-duplicate fields are
+    written with the ``indexed`` status, so that an indexed image is always checked."""
     try:
         with image.file.open("rb") as handle:
             data = handle.read()
@@ -99,7 +171,13 @@ def image_extract(*, image: CatalogImage, extractor: Extractor, model: FeatureMo
     descriptor_store(image=image, model=model, features=features, descriptor_dtype=extractor.descriptor_dtype)
     if not image.thumbnail.name:
         _thumbnail_store(image=image, rgb=rgb)
+    flag = (
+        _near_duplicate_fields(image=image, extractor=extractor, model=model, features=features)
+        if check_duplicates
+        else {}
+    )
     CatalogImage.objects.filter(pk=image.pk).update(
+        **flag,
         status=CatalogImage.Status.INDEXED,
         **queueing.RELEASED,
         failure_reason="",

@@ -64,6 +64,17 @@ def image_decode(*, data: bytes, max_pixels: int | None = None) -> np.ndarray:
         raise from_image_error(exc) from None
 
 
+def image_rendition(*, data: bytes) -> bytes:
+    """A JPEG of a stored photo whose format browsers cannot show (HEIC, TIFF), made on
+    request (web process) and not stored: a full decode within
+    ``LANDMARKS_MAX_IMAGE_PIXELS`` (the cap every stored photo passed), longest side at
+    most 2048 px. Raises an InvalidImage when the pixels cannot be decoded."""
+    try:
+        return preprocessing.jpeg_rendition(data, max_pixels=settings.LANDMARKS_MAX_IMAGE_PIXELS)
+    except preprocessing.ImageError as exc:
+        raise from_image_error(exc) from None
+
+
 def stored_name(*, header: preprocessing.ImageHeader, sha256: str) -> str:
     """The stored file's name: its hash and the extension of its decoded format (never
     the client's name, which could make a PNG be served as HTML)."""

@@ -389,6 +389,8 @@ def _results(
             "height": image.height,
             "name": image.original_name,
             "external_id": image.external_id,
+            # Flagged at indexing (services.indexing.image_near_duplicate); null when not.
+            "near_duplicate_of": image.near_duplicate_of_id,
         }
         if rank <= DRAWN_RESULTS and result.verified and result.image_id in verified.best:
             entry["matches"] = _drawn_matches(result.image_id, verified, features)

@@ -15,10 +15,15 @@ import math
 import warnings
 
 import numpy as np
+import pillow_heif
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Refuse truncated files instead of silently padding them with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# HEIC/HEIF (phones' default) through libheif; AVIF is Pillow's own plugin. libheif
+# applies the container's rotation and mirroring when it opens the file (the size is
+# already upright) and resets the EXIF orientation to 1, so it is never applied twice.
+pillow_heif.register_heif_opener()
 
 
 class ImageError(ValueError):
@@ -47,7 +52,8 @@ class ImageTooSmallError(ImageError):
 
 # Pillow format names of the uploads we accept; the stored file's extension and the
 # content type it is served with derive from this, never from the client's file name.
-SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF"})
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "TIFF", "BMP", "GIF", "HEIF", "AVIF"})
+_SUPPORTED_NAMES = "JPEG, PNG, WebP, TIFF, BMP, GIF, HEIC/HEIF, AVIF"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +115,16 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 3
     return rgb
 
 
+def jpeg_rendition(data: bytes, *, max_pixels: int, max_side: int = 2048, quality: int = 85) -> bytes:
+    """The image as a JPEG that any browser shows (for HEIC or TIFF uploads): decoded with
+    :func:`decode_image`'s checks (``max_pixels``), upright, longest side at most
+    ``max_side``. Raises an ImageError like :func:`decode_image`."""
+    rgb, _ = resize_max_side(decode_image(data, max_pixels=max_pixels, min_side=1), max_side)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
 def _open(data: bytes, *, max_pixels: int) -> Image.Image:
     """Open (header only) and refuse images over ``max_pixels`` before any decoding."""
     if not data:
@@ -118,13 +134,13 @@ def _open(data: bytes, *, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise NotAnImageError("The file is not an image in a supported format (JPEG, PNG, WebP, TIFF, BMP, GIF).") from None
+        raise NotAnImageError(f"The file is not an image in a supported format ({_SUPPORTED_NAMES}).") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLargeError(f"The image has more than {max_pixels:,} pixels.") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise CorruptImageError(f"The image header is corrupt: {exc}") from None
     if image.format not in SUPPORTED_FORMATS:
-        raise NotAnImageError("The file is not an image in a supported format (JPEG, PNG, WebP, TIFF, BMP, GIF).")
+        raise NotAnImageError(f"The file is not an image in a supported format ({_SUPPORTED_NAMES}).")
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLargeError(

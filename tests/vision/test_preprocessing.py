@@ -165,3 +165,38 @@ def test_the_header_names_the_decoded_format(photo: np.ndarray, fmt: str) -> Non
 def test_the_header_refuses_any_other_format(data: bytes) -> None:
     with pytest.raises(pp.NotAnImageError, match="supported format"):
         pp.read_header(data)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_it_reads_and_decodes_heic_and_avif(photo: np.ndarray, fmt: str) -> None:
+    data = encode(photo, fmt, quality=90)
+    assert pp.read_header(data) == pp.ImageHeader(width=451, height=300, format=fmt)
+    out = pp.decode_image(data)
+    assert out.shape == photo.shape and np.abs(out.astype(int) - photo).mean() < 4
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF", "JPEG"])
+def test_an_exif_rotation_is_applied_once_to_heic_and_avif_as_to_jpeg(photo: np.ndarray, fmt: str) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    data = encode(photo, fmt, quality=90, exif=exif.tobytes())
+    header = pp.read_header(data)
+    assert (header.width, header.height) == (300, 451)
+    out = pp.decode_image(data)
+    assert np.abs(out.astype(int) - np.rot90(photo, -1)).mean() < 4
+
+
+def test_a_truncated_heic_is_refused_with_an_image_error(photo: np.ndarray) -> None:
+    data = encode(photo, "HEIF")
+    with pytest.raises(pp.CorruptImageError):
+        pp.decode_image(data[: len(data) // 2])
+
+
+def test_a_jpeg_rendition_is_upright_and_bounded(photo: np.ndarray) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpeg = pp.jpeg_rendition(encode(photo, "HEIF", exif=exif.tobytes()), max_pixels=10**6, max_side=200)
+    rendition = Image.open(io.BytesIO(jpeg))
+    assert rendition.format == "JPEG" and rendition.size == (133, 200)
+    with pytest.raises(pp.ImageTooLargeError):
+        pp.jpeg_rendition(encode(photo, "HEIF"), max_pixels=1000)

@@ -1,4 +1,4 @@
-"""import_catalog: folders, zips and dataset.json; bad files are reported, the batch goes on."""
+"""import_catalog: folders, zips, dataset.json and CSV; bad files are reported, the batch goes on."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 
-from retrieval.models import Catalog, CatalogImage
+from retrieval.models import Catalog, CatalogImage, ImportJob
 from tests.conftest import encode, load_photo
 
 pytestmark = pytest.mark.django_db
@@ -103,6 +103,98 @@ def test_a_dataset_path_leaving_its_folder_is_refused(tmp_path: Path) -> None:
         call_command("import_catalog", str(tmp_path / "d" / "dataset.json"), catalog="c")
 
 
+def test_every_import_records_an_import_job_and_prints_its_id(folder: Path, capsys) -> None:
+    (folder / "rocket" / "broken.jpg").write_bytes(b"not an image")
+    (folder / "coffee" / "again.jpg").write_bytes((folder / "coffee" / "coffee.jpg").read_bytes())
+    with pytest.raises(CommandError):
+        call_command("import_catalog", str(folder), catalog="city")
+    job = ImportJob.objects.get()
+    assert f"import job {job.pk}" in capsys.readouterr().out
+    assert (job.source, job.submitted, job.duplicates) == (str(folder), 4, 1)
+    assert [r["name"] for r in job.refused] == ["rocket/broken.jpg"] and job.finished_at is not None
+    assert sorted(job.images.values_list("original_name", flat=True)) == ["again.jpg", "rocket.jpg"]
+
+
+def test_import_shows_the_storing_rate_and_time_left(folder: Path, capsys) -> None:
+    call_command("import_catalog", str(folder), catalog="city")
+    assert "img/s" in capsys.readouterr().err
+
+
+@pytest.fixture
+def csv_folder(tmp_path: Path) -> Path:
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    (tmp_path / "photos" / "rocket.jpg").write_bytes(encode(load_photo("rocket.jpg")))
+    (tmp_path / "photos" / "sub" / "coffee.png").write_bytes(encode(load_photo("coffee.png"), "PNG"))
+    (tmp_path / "outside.jpg").write_bytes(encode(load_photo("astronaut.png")))
+    return tmp_path / "photos"
+
+
+def test_a_csv_imports_its_rows_with_landmarks_and_ids(csv_folder: Path) -> None:
+    (csv_folder / "list.csv").write_text("path,landmark,external_id\nrocket.jpg,launch pad,r-1\nsub/coffee.png,cafe\n")
+    call_command("import_catalog", str(csv_folder / "list.csv"), catalog="csv")
+    images = Catalog.objects.get(name="csv").images.order_by("external_id")
+    rows = images.values_list("external_id", "landmark__name", "original_name")
+    assert list(rows) == [("coffee", "cafe", "coffee.png"), ("r-1", "launch pad", "rocket.jpg")]
+    assert ImportJob.objects.get().source == str(csv_folder / "list.csv")
+
+
+def test_a_csv_without_a_header_imports_its_first_row(csv_folder: Path) -> None:
+    (csv_folder / "list.csv").write_text("rocket.jpg,launch pad\n")
+    call_command("import_catalog", str(csv_folder / "list.csv"), catalog="csv")
+    assert Catalog.objects.get(name="csv").images.get().landmark.name == "launch pad"
+
+
+def test_bad_csv_rows_are_refused_with_their_row_number_and_the_good_rows_imported(
+    csv_folder: Path, tmp_path: Path, capsys
+) -> None:
+    lines = [
+        "path,landmark",
+        "rocket.jpg,launch pad",  # row 2: good
+        "../outside.jpg,escape",  # row 3: leaves the folder
+        f"{tmp_path / 'outside.jpg'},absolute",  # row 4: absolute, outside
+        "https://example.com/x.jpg,web",  # row 5: a URL
+        "file:///etc/passwd,web",  # row 6: a URL too
+        "missing.jpg,gone",  # row 7: no such file
+        "just-one-column",  # row 8: too few columns
+        f"{csv_folder / 'sub' / 'coffee.png'},cafe",  # row 9: absolute but inside: good
+    ]
+    (csv_folder / "list.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(CommandError, match="6 file"):
+        call_command("import_catalog", str(csv_folder / "list.csv"), catalog="csv")
+    err = capsys.readouterr().err
+    assert "row 3" in err and "leaves the CSV's folder" in err
+    assert "row 4" in err and "row 5" in err and "row 6" in err and "is a URL" in err
+    assert "row 7 (missing.jpg): cannot read" in err and "row 8" in err and "expected path,landmark" in err
+    assert sorted(Catalog.objects.get(name="csv").images.values_list("landmark__name", flat=True)) == [
+        "cafe", "launch pad",
+    ]  # fmt: skip
+    job = ImportJob.objects.get()
+    assert job.submitted == 8 and sorted(r["name"] for r in job.refused)[0].startswith("row 3")
+
+
+def test_an_empty_csv_exits_with_a_message(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="no images found"):
+        call_command("import_catalog", str(_write(tmp_path / "x.csv", "path,landmark\n")), catalog="c")
+
+
+def test_heic_and_avif_files_are_imported_from_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "photos" / "rocket").mkdir(parents=True)
+    (tmp_path / "photos" / "rocket" / "a.heic").write_bytes(encode(load_photo("rocket.jpg"), "HEIF"))
+    (tmp_path / "photos" / "rocket" / "b.avif").write_bytes(encode(load_photo("coffee.png"), "AVIF"))
+    call_command("import_catalog", str(tmp_path / "photos"), catalog="phone")
+    names = sorted(n.rsplit(".", 1)[1] for n in Catalog.objects.get(name="phone").images.values_list("file", flat=True))
+    assert names == ["avif", "heic"]
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+@pytest.mark.e2e
+def test_wait_follows_the_import_jobs_indexing_with_its_rate(celery_worker: object, folder: Path, capsys) -> None:
+    call_command("import_catalog", str(folder), catalog="city", wait=True, timeout=300)
+    job = ImportJob.objects.get()
+    captured = capsys.readouterr()
+    assert f"indexed: 2 of 2 (import job {job.pk})" in captured.out
+    assert "indexing" in captured.err and "img/s" in captured.err
