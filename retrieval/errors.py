@@ -37,8 +37,14 @@ class NotFound(RetrievalError):
     http_status = 404
 
 
-class DuplicateImage(RetrievalError):
+class Conflict(RetrievalError):
+    """The thing to create exists already (a catalog name)."""
+
     http_status = 409
+
+
+class DuplicateImage(Conflict):
+    pass
 
 
 class RateLimited(RetrievalError):
