@@ -14,6 +14,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django_ratelimit.exceptions import Ratelimited
 from rest_framework import exceptions
 from rest_framework.response import Response
@@ -72,6 +73,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     return Response({"error": message}, status=status, headers=headers)
 
 
+@csrf_exempt  # a 404 whatever the method, never the CSRF check's HTML 403
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
     """Any ``/api/`` URL that matches no endpoint: the JSON 404, not the site's page."""
     return JsonResponse({"error": f"No API endpoint at {request.path}."}, status=404)

@@ -17,7 +17,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from retrieval import selectors
-from retrieval.models import Catalog, CatalogImage, ImportJob, Landmark, ReindexJob, SearchQuery
+from retrieval.models import Catalog, CatalogImage, ImportJob, Landmark, ReindexJob, SearchQuery, catalog_name_validator
 
 
 def search_payload(request: HttpRequest, query: SearchQuery) -> dict[str, Any]:
@@ -29,9 +29,7 @@ def search_payload(request: HttpRequest, query: SearchQuery) -> dict[str, Any]:
         }
         for result in query.results
     ]
-    landmark = (
-        {"name": query.landmark_name, "confidence": query.landmark_confidence} if query.landmark_name else None
-    )
+    landmark = {"name": query.landmark_name, "confidence": query.landmark_confidence} if query.landmark_name else None
     return {
         "id": str(query.public_id),
         "status": query.status,
@@ -176,7 +174,10 @@ class CatalogSerializer(serializers.ModelSerializer):
 
 
 class CatalogCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, help_text="Letters, digits, '.', '_' and '-'.")
+    name = serializers.RegexField(
+        catalog_name_validator.regex, max_length=100, help_text="Letters, digits, '.', '_' and '-'.",
+        error_messages={"invalid": catalog_name_validator.message},
+    )  # fmt: skip
     description = serializers.CharField(required=False, allow_blank=True, default="")
     public = serializers.BooleanField(required=False, default=True, help_text="Anyone may search it.")
 

@@ -177,7 +177,11 @@ class CatalogListView(generics.ListAPIView):
         catalogs = selectors.catalogs_searchable(user=self.request.user)
         return selectors.catalogs_with_counts(catalogs=catalogs).order_by("name")
 
-    @extend_schema(operation_id="catalogs_create", request=s.CatalogCreateSerializer, responses={201: s.CatalogSerializer, **error_responses(409)})
+    @extend_schema(
+        operation_id="catalogs_create",
+        request=s.CatalogCreateSerializer,
+        responses={201: s.CatalogSerializer, **error_responses(409)},
+    )
     def post(self, request: Request) -> Response:
         fields = s.CatalogCreateSerializer(data=request.data)
         fields.is_valid(raise_exception=True)
@@ -195,7 +199,9 @@ class CatalogDetailView(ApiView):
         catalog = _catalog(name, user=request.user)
         return Response(s.CatalogSerializer(_catalog_with_counts(catalog), context={"request": request}).data)
 
-    @extend_schema(operation_id="catalogs_partial_update", request=s.CatalogUpdateSerializer, responses=s.CatalogSerializer)
+    @extend_schema(
+        operation_id="catalogs_partial_update", request=s.CatalogUpdateSerializer, responses=s.CatalogSerializer
+    )
     def patch(self, request: Request, name: str) -> Response:
         """Change a catalog's description or whether anyone may search it (staff)."""
         catalog = _catalog(name)

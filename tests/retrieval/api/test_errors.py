@@ -16,6 +16,14 @@ def test_an_unknown_api_url_gets_a_json_404(client: Client) -> None:
     assert response.json() == {"error": "No API endpoint at /api/nothing/here."}
 
 
+def test_an_unknown_api_url_gets_the_json_404_for_any_method(staff_client: Client) -> None:
+    """Found by the schema fuzzing: a DELETE to /api/images/1.5 got the CSRF check's HTML 403."""
+    browser = Client(enforce_csrf_checks=True)
+    response = browser.delete("/api/images/1.5", headers={"Cookie": "sessionid=x"})
+    assert response.status_code == 404
+    assert response.json() == {"error": "No API endpoint at /api/images/1.5."}
+
+
 def test_a_method_the_endpoint_does_not_take_gets_405(staff_client: Client) -> None:
     response = staff_client.put("/api/catalogs", {}, content_type="application/json")
     assert response.status_code == 405

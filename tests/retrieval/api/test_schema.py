@@ -74,9 +74,20 @@ def test_a_finished_search_matches_its_schema(client: Client, schema: dict) -> N
     upload = SimpleUploadedFile("q.jpg", encode(load_photo("coffee.png")))
     body = client.post("/api/search", {"image": upload, "wait": "0"}).json()
     result = {
-        "rank": 1, "image_id": image.pk, "landmark": None, "score": 61.2, "similarity": 0.9, "global_score": 0.8,
-        "inliers": 60, "verified": True, "checked": True, "width": 640, "height": 480, "name": "a.jpg",
-        "external_id": "", "matches": [[1.0, 2.0, 3.0, 4.0]],
+        "rank": 1,
+        "image_id": image.pk,
+        "landmark": None,
+        "score": 61.2,
+        "similarity": 0.9,
+        "global_score": 0.8,
+        "inliers": 60,
+        "verified": True,
+        "checked": True,
+        "width": 640,
+        "height": 480,
+        "name": "a.jpg",
+        "external_id": "",
+        "matches": [[1.0, 2.0, 3.0, 4.0]],
     }  # fmt: skip: what services.search stores
     SearchQuery.objects.filter(public_id=body["id"]).update(
         status="done", results=[result], landmark_name="eiffel", landmark_confidence=0.5, timings_ms={"total": 9.5}
