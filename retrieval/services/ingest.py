@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from retrieval import tasks
 from retrieval.errors import DuplicateImage, PayloadTooLarge, RetrievalError, from_image_error
 from retrieval.models import Catalog, CatalogImage, ImportJob, Landmark, image_suffix
-from retrieval.services import catalogs, queueing
+from retrieval.services import augmentation, catalogs, queueing
 from retrieval.vision import preprocessing
 
 logger = logging.getLogger(__name__)
@@ -186,14 +186,15 @@ def images_upload(
 
 def image_delete(*, image_id: int) -> bool:
     """Delete a catalog image: its row and descriptors, then (once committed) its stored
-    file and thumbnail; the catalog's augmented descriptors are refreshed without it.
-    Returns False when there was no such image."""
-    image = CatalogImage.objects.filter(pk=image_id).first()
+    file and thumbnail; the augmented descriptors of its neighbours are refreshed without
+    it. Returns False when there was no such image."""
+    image = CatalogImage.objects.select_related("catalog").filter(pk=image_id).first()
     if image is None:
         return False
     files = [field.name for field in (image.file, image.thumbnail) if field]
     storage = image.file.storage
     with transaction.atomic():
+        augmentation.descriptors_touch_neighbours(image=image)
         image.delete()
         catalogs.catalog_request_augmentation(catalog_id=image.catalog_id)
         # Files go only once the row is gone for good: a rollback keeps a working image.
