@@ -1,7 +1,8 @@
 """The application's exceptions; ``http_status`` maps each to one HTTP answer.
 
 Views and the API turn any :class:`RetrievalError` into ``{"error": message}`` with its
-status (see ``retrieval.views.error_response``); commands print the message and exit 1.
+status (``retrieval.api.errors`` for the API's views, ``retrieval.views.error_answer``
+outside them); commands print the message and exit 1.
 """
 
 from __future__ import annotations
@@ -37,8 +38,14 @@ class NotFound(RetrievalError):
     http_status = 404
 
 
-class DuplicateImage(RetrievalError):
+class Conflict(RetrievalError):
+    """The thing to create exists already (a catalog name)."""
+
     http_status = 409
+
+
+class DuplicateImage(Conflict):
+    pass
 
 
 class RateLimited(RetrievalError):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from django import forms
-from django.db.models import QuerySet
 
+from retrieval import selectors
 from retrieval.models import Catalog
 
 
@@ -44,20 +45,23 @@ def parse_bbox(raw: str) -> list[float] | None:
 class SearchForm(forms.Form):
     image = forms.FileField(help_text="A photo of a landmark.")
     catalog = forms.ModelChoiceField(
-        queryset=Catalog.objects.all(), to_field_name="name", required=False,
+        queryset=Catalog.objects.none(), to_field_name="name", required=False,
         help_text="Defaults to the only catalog, or the one named 'default'.",
+        # The same answer for a private catalog as for an unknown one: names are not disclosed.
+        error_messages={"invalid_choice": "No catalog with that name that you may search (private catalogs need a "
+                        "sign-in or an API token)."},
     )  # fmt: skip
     top_k = forms.IntegerField(min_value=1, max_value=100, initial=10, required=False)
     bbox = forms.CharField(required=False, help_text="Optional region x1,y1,x2,y2 in query pixels.")
 
-    def __init__(self, *args: object, catalogs: QuerySet[Catalog] | None = None, **kwargs: object) -> None:
-        """``catalogs``: those offered and accepted (the search page passes the ones the
-        user may search); all by default."""
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, user: object = None, **kwargs: Any) -> None:
+        """``user``: who searches (anonymous when None); only the catalogs they may search
+        are offered and accepted (``selectors.catalogs_searchable``)."""
+        super().__init__(*args, **kwargs)
+        self.searchable = selectors.catalogs_searchable(user=user)
+        self.fields["catalog"].queryset = self.searchable  # type: ignore[attr-defined]
         self.fields["image"].widget.attrs.update(accept="image/*")
         self.fields["bbox"].widget.attrs.update(autocomplete="off", placeholder="e.g. 120,40,860,610")
-        if catalogs is not None:
-            self.fields["catalog"].queryset = catalogs  # type: ignore[attr-defined]
 
     def clean_bbox(self) -> list[float] | None:
         return parse_bbox(self.cleaned_data.get("bbox", ""))
@@ -66,14 +70,15 @@ class SearchForm(forms.Form):
         catalog = self.cleaned_data.get("catalog")
         if catalog is not None:
             return catalog
-        offered = self.fields["catalog"].queryset  # type: ignore[attr-defined]
-        catalogs = list(offered[:2])
+        catalogs = list(self.searchable[:2])
         if len(catalogs) == 1:
             return catalogs[0]
-        default = offered.filter(name="default").first()
+        default = self.searchable.filter(name="default").first()
         if default is None:
             raise forms.ValidationError(
-                "No catalog exists yet." if not catalogs else "Several catalogs exist: choose one with 'catalog'."
+                "No catalog that you may search exists yet."
+                if not catalogs
+                else "Several catalogs exist: choose one with 'catalog'."
             )
         return default
 

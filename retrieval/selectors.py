@@ -336,3 +336,51 @@ def jobs_recent(*, limit: int = 15) -> list[JobRow]:
         rows.append(JobRow("reindex", reindex, reindex_job_progress(job=reindex), failures))
     rows.sort(key=lambda row: row.job.created_at, reverse=True)
     return rows
+
+
+# --- The catalog API ----------------------------------------------------------------
+
+
+def catalogs_with_counts(*, catalogs: QuerySet[Catalog]) -> QuerySet[Catalog]:
+    """``catalogs`` with ``images_<status>`` and ``landmark_count`` annotated (one query)."""
+    per_status = {
+        f"images_{status}": Count("images", filter=Q(images__status=status), distinct=True)
+        for status in CatalogImage.Status.values
+    }
+    return catalogs.select_related("active_model").annotate(
+        **per_status, landmark_count=Count("landmarks", distinct=True)
+    )
+
+
+def catalog_landmarks(*, catalog: Catalog) -> QuerySet[Landmark]:
+    """The catalog's landmarks by name, with ``image_count`` annotated."""
+    return catalog.landmarks.annotate(image_count=Count("images")).order_by("name", "id")
+
+
+def catalog_images(
+    *, catalog: Catalog, status: str | None = None, landmark: str | None = None
+) -> QuerySet[CatalogImage]:
+    """The catalog's images by id, optionally of one status and one landmark (by name)."""
+    images = catalog.images.select_related("catalog", "landmark").order_by("id")
+    if status:
+        images = images.filter(status=status)
+    if landmark:
+        images = images.filter(landmark__name=landmark)
+    return images
+
+
+def image_get(*, image_id: int) -> CatalogImage | None:
+    return CatalogImage.objects.select_related("catalog", "landmark").filter(pk=image_id).first()
+
+
+def import_job_get(*, job_id: int) -> ImportJob | None:
+    return ImportJob.objects.select_related("catalog").filter(pk=job_id).first()
+
+
+def jobs_latest(*, catalog: Catalog | None = None, limit: int = 20) -> tuple[list[ImportJob], list[ReindexJob]]:
+    """The latest import batches and reindex jobs, newest first (of one catalog, or all)."""
+    imports = ImportJob.objects.select_related("catalog").order_by("-created_at", "-id")
+    reindex = ReindexJob.objects.select_related("catalog", "model").order_by("-created_at", "-id")
+    if catalog is not None:
+        imports, reindex = imports.filter(catalog=catalog), reindex.filter(catalog=catalog)
+    return list(imports[:limit]), list(reindex[:limit])

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import os
 import re
 import threading
 import uuid
-from collections.abc import Callable
-from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
@@ -19,14 +15,13 @@ from django.db.models import QuerySet
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.utils.html import escape
-from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods
 from django_ratelimit.decorators import ratelimit
 
 from retrieval import selectors, services
-from retrieval.errors import InvalidInput, NotFound, PayloadTooLarge, RateLimited, RetrievalError
+from retrieval.api.serializers import search_payload
+from retrieval.errors import InvalidInput, PayloadTooLarge, RateLimited, RetrievalError
 from retrieval.forms import SearchForm
 from retrieval.models import Catalog, CatalogImage, SearchQuery, image_content_type, needs_rendition
 
@@ -80,19 +75,9 @@ def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
         exc = RateLimited(f"Too many searches (limit {settings.LANDMARKS_SEARCH_RATE}); wait and try again.")
     logger.warning("rate limited %s %s from %s", request.method, request.path, request.META.get("REMOTE_ADDR"))
     if match is not None and match.url_name == "search":
-        return render(request, "retrieval/search.html", {"form": SearchForm(), "error": exc.message}, status=429)
+        context = {"form": SearchForm(user=request.user), "error": exc.message}
+        return render(request, "retrieval/search.html", context, status=429)
     return error_answer(request, exc)
-
-
-def json_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            return view(request, *args, **kwargs)
-        except RetrievalError as exc:
-            return error_response(exc)
-
-    return wrapper
 
 
 def _form_error(form: SearchForm) -> InvalidInput:
@@ -101,8 +86,9 @@ def _form_error(form: SearchForm) -> InvalidInput:
     return InvalidInput(prefix + " ".join(str(e) for e in errors))
 
 
-def _create_search(request: HttpRequest, catalogs: QuerySet[Catalog] | None = None) -> SearchQuery:
-    form = SearchForm(request.POST, request.FILES, catalogs=catalogs)
+def create_search(request: HttpRequest) -> SearchQuery:
+    """Store the search a form POST (the page's or the API's) describes, for its user."""
+    form = SearchForm(request.POST, request.FILES, user=request.user)
     if not form.is_valid():
         raise _form_error(form)
     upload = form.cleaned_data["image"]
@@ -119,71 +105,10 @@ def _create_search(request: HttpRequest, catalogs: QuerySet[Catalog] | None = No
     )
 
 
-def search_payload(request: HttpRequest, query: SearchQuery) -> dict[str, Any]:
-    results = [
-        {
-            **{k: v for k, v in result.items() if k != "matches"},
-            "image_url": request.build_absolute_uri(reverse("catalog-image-file", args=[result["image_id"]])),
-            "matches": result.get("matches", []),
-        }
-        for result in query.results
-    ]
-    landmark = (
-        {"name": query.landmark_name, "confidence": query.landmark_confidence} if query.landmark_name else None
-    )
-    return {
-        "id": str(query.public_id),
-        "status": query.status,
-        "url": request.build_absolute_uri(reverse("api-search-detail", args=[query.public_id])),
-        "catalog": query.catalog.name,
-        "model": str(query.model) if query.model_id else None,
-        "query": {"width": query.width, "height": query.height, "bbox": query.bbox},
-        "results": results,
-        "landmark": landmark,
-        "timings_ms": query.timings_ms,
-        "error": query.error or None,
-    }
-
-
-def _search_response(request: HttpRequest, query: SearchQuery) -> JsonResponse:
-    payload = search_payload(request, query)
-    if query.status == SearchQuery.Status.FAILED:
-        return JsonResponse(payload, status=422)
-    if query.status == SearchQuery.Status.DONE:
-        return JsonResponse(payload)
-    return JsonResponse(payload, status=202, headers={"Location": payload["url"]})
-
-
-@csrf_exempt
-@require_POST
-@search_rate_limit
-@json_errors
-def api_search(request: HttpRequest) -> JsonResponse:
-    """POST multipart ``image`` (+ ``catalog``, ``top_k``, ``bbox``): 200 with results,
-    202 with a URL to poll when the workers take longer than the wait limit."""
-    timeout = _wait_seconds(request)  # validated before anything is stored
-    query = _wait_for_search(_create_search(request), timeout)
-    return _search_response(request, query)
-
-
-def _wait_seconds(request: HttpRequest) -> float:
-    raw = request.GET.get("wait") or request.POST.get("wait")
-    limit = settings.LANDMARKS_SEARCH_WAIT_SECONDS
-    if raw is None:
-        return limit
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise InvalidInput("wait must be a number of seconds.") from None
-    if not math.isfinite(seconds):
-        raise InvalidInput("wait must be a finite number of seconds (no nan or inf).")
-    return max(0.0, min(seconds, limit))
-
-
 _waiters = threading.BoundedSemaphore(max(1, settings.LANDMARKS_SEARCH_WAITERS))
 
 
-def _wait_for_search(query: SearchQuery, timeout: float) -> SearchQuery:
+def wait_for_search(query: SearchQuery, timeout: float) -> SearchQuery:
     """Wait for the result if a waiting slot of this process is free, else return at once.
 
     Waiting holds a web thread; with at most LANDMARKS_SEARCH_WAITERS of them per process
@@ -197,38 +122,25 @@ def _wait_for_search(query: SearchQuery, timeout: float) -> SearchQuery:
         _waiters.release()
 
 
-@require_GET
-@json_errors
-def api_search_detail(request: HttpRequest, public_id: str) -> JsonResponse:
-    # Any string reaches here so that an old integer id gets the API's JSON 404 too.
-    try:
-        query = selectors.search_get_public(public_id=uuid.UUID(public_id))
-    except ValueError:
-        query = None
-    if query is None:
-        raise NotFound(f"No search with id {public_id}.")
-    return _search_response(request, query)
-
-
 @require_http_methods(["GET", "POST"])
 @search_rate_limit
 def search_page(request: HttpRequest) -> HttpResponse:
-    catalogs = selectors.catalogs_searchable(user=request.user)
     if request.method == "POST":
         try:
-            query = _create_search(request, catalogs=catalogs)
+            query = create_search(request)
         except RetrievalError as exc:
-            form = SearchForm(request.POST, catalogs=catalogs)
-            context = {"form": form, "error": exc.message, **_search_page_context(catalogs)}
+            form = SearchForm(request.POST, user=request.user)
+            context = {"form": form, "error": exc.message, **_search_page_context(request)}
             return render(request, "retrieval/search.html", context, status=exc.http_status)
-        _wait_for_search(query, settings.LANDMARKS_SEARCH_WAIT_SECONDS)
+        wait_for_search(query, settings.LANDMARKS_SEARCH_WAIT_SECONDS)
         return redirect("search-detail", public_id=query.public_id)
     # ?catalog=NAME preselects it (the "try another catalog" links of a results page).
-    form = SearchForm(catalogs=catalogs, initial={"catalog": request.GET.get("catalog", "")[:100]})
-    return render(request, "retrieval/search.html", {"form": form, **_search_page_context(catalogs)})
+    form = SearchForm(user=request.user, initial={"catalog": request.GET.get("catalog", "")[:100]})
+    return render(request, "retrieval/search.html", {"form": form, **_search_page_context(request)})
 
 
-def _search_page_context(catalogs: QuerySet[Catalog]) -> dict[str, Any]:
+def _search_page_context(request: HttpRequest) -> dict[str, Any]:
+    catalogs = selectors.catalogs_searchable(user=request.user)
     return {"has_catalogs": catalogs.exists(), "max_upload_bytes": settings.LANDMARKS_MAX_UPLOAD_BYTES}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 from django.conf import settings
@@ -10,13 +11,15 @@ from django.http import HttpRequest, HttpResponse
 
 logger = logging.getLogger(__name__)
 
-# Admin pages take bulk uploads of many photos (LANDMARKS_MAX_REQUEST_BYTES).
+# Admin pages and the catalog API's upload take bulk uploads of many photos
+# (LANDMARKS_MAX_REQUEST_BYTES).
 ADMIN_PREFIX = "/admin/"
+BULK_UPLOAD_PATH = re.compile(r"^/api/catalogs/[^/]+/images$")
 
 
 def request_body_limit(path: str) -> int:
     """The largest body accepted for ``path``, in bytes."""
-    if path.startswith(ADMIN_PREFIX):
+    if path.startswith(ADMIN_PREFIX) or BULK_UPLOAD_PATH.match(path):
         return settings.LANDMARKS_MAX_REQUEST_BYTES
     return settings.LANDMARKS_MAX_UPLOAD_BYTES + settings.LANDMARKS_FORM_OVERHEAD_BYTES
 

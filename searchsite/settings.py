@@ -105,6 +105,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "retrieval.api.errors.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -117,6 +118,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Catalog images and searches/jobs both have a "status" with different values.
+    "ENUM_NAME_OVERRIDES": {
+        "ImageStatusEnum": "retrieval.models.CatalogImage.Status",
+        "JobStatusEnum": "retrieval.models.ReindexJob.Status",
+    },
 }
 
 ROOT_URLCONF = "searchsite.urls"

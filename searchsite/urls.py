@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from retrieval import views
 
@@ -15,8 +15,7 @@ urlpatterns = [
     path("images/<int:image_id>/thumb", views.catalog_image_thumbnail, name="catalog-image-thumbnail"),
     path("jobs/", views.jobs_page, name="jobs"),
     path("jobs/live", views.jobs_live, name="jobs-live"),
-    path("api/search", views.api_search, name="api-search"),
-    path("api/search/<str:public_id>", views.api_search_detail, name="api-search-detail"),
+    path("api/", include("retrieval.api.urls")),
     path("admin/login/", views.admin_login, name="admin-login"),  # before the admin's own
     path("admin/", admin.site.urls),
 ]

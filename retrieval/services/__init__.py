@@ -14,21 +14,26 @@ The names below are the public API the views, commands, tasks and tests call.
 
 from retrieval.services.augmentation import catalog_augment
 from retrieval.services.catalogs import (
+    catalog_create,
     catalog_extractor_spec,
     catalog_get_or_create,
     catalog_rebuild_augmentation,
     catalog_request_augmentation,
+    catalog_update,
     landmark_get_or_create,
 )
 from retrieval.services.indexing import descriptor_store, feature_model_ensure, image_index
 from retrieval.services.ingest import (
     IngestResult,
+    UploadReport,
     image_decode,
+    image_delete,
     image_ingest,
     image_ingest_unique,
     image_inspect,
     image_rendition,
     images_requeue,
+    images_upload,
     import_job_finish,
     import_job_start,
 )
@@ -40,21 +45,26 @@ from retrieval.services.thumbnails import thumbnail_ensure, thumbnail_name, thum
 __all__ = [
     "DATABASE_ERRORS",
     "IngestResult",
+    "UploadReport",
     "catalog_augment",
+    "catalog_create",
     "catalog_extractor_spec",
     "catalog_get_or_create",
     "catalog_rebuild_augmentation",
     "catalog_request_augmentation",
     "catalog_select_model",
+    "catalog_update",
     "descriptor_store",
     "feature_model_ensure",
     "image_decode",
+    "image_delete",
     "image_index",
     "image_ingest",
     "image_ingest_unique",
     "image_inspect",
     "image_rendition",
     "images_requeue",
+    "images_upload",
     "import_job_finish",
     "import_job_start",
     "landmark_get_or_create",

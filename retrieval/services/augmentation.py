@@ -216,3 +216,19 @@ def _stream_ids(*, catalog: Catalog, model: FeatureModel) -> Iterator[list[int]]
             return
         yield batch
         last = batch[-1]
+
+
+def descriptors_touch_neighbours(*, image: CatalogImage) -> int:
+    """Before ``image`` is deleted: mark the rows it is likely a DBA neighbour of as
+    changed, so that the next incremental run recomputes them without it. DBA neighbours
+    are not symmetric; its ``POOL_FACTOR`` x k nearest rows cover them in practice (a full
+    rebuild, ``manage.py augment``, is exact). Returns the rows marked."""
+    k = settings.LANDMARKS_DBA_NEIGHBOURS
+    if k <= 1:
+        return 0
+    touched = 0
+    for model in FeatureModel.objects.filter(descriptors__image=image).distinct():
+        nearest = nearest_plain(catalog=image.catalog, model=model, image_ids=[image.pk], neighbours=POOL_FACTOR * k)
+        others = [other for other, _ in nearest.get(image.pk, []) if other != image.pk]
+        touched += ImageDescriptor.objects.filter(model=model, image_id__in=others).update(updated_at=timezone.now())
+    return touched

@@ -7,22 +7,47 @@ import logging
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from retrieval import tasks
-from retrieval.errors import InvalidInput
+from retrieval.errors import Conflict, InvalidInput
 from retrieval.models import Catalog, Landmark, catalog_name_validator
 from retrieval.services import queueing
 
 logger = logging.getLogger(__name__)
 
 
-def catalog_get_or_create(*, name: str) -> Catalog:
+def _check_catalog_name(name: str) -> None:
     try:
         catalog_name_validator(name)
     except ValidationError as exc:
         raise InvalidInput(f"Invalid catalog name {name!r}: {exc.messages[0]}") from None
+
+
+def catalog_get_or_create(*, name: str) -> Catalog:
+    _check_catalog_name(name)
     catalog, _ = Catalog.objects.get_or_create(name=name)
+    return catalog
+
+
+def catalog_create(*, name: str, description: str = "", public: bool = True) -> Catalog:
+    """A new catalog; a name in use is a :class:`Conflict` (the API's 409)."""
+    _check_catalog_name(name)
+    try:
+        with transaction.atomic():
+            return Catalog.objects.create(name=name, description=description, public=public)
+    except IntegrityError:
+        raise Conflict(f"A catalog named {name} exists already.") from None
+
+
+def catalog_update(*, catalog: Catalog, description: str | None = None, public: bool | None = None) -> Catalog:
+    """Change what describes a catalog and who may search it (None: unchanged)."""
+    fields = {"description": description, "public": public}
+    changed = [field for field, value in fields.items() if value is not None]
+    for field in changed:
+        setattr(catalog, field, fields[field])
+    if changed:
+        catalog.save(update_fields=changed)
     return catalog
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.db import IntegrityError, transaction
 
 from retrieval import tasks
-from retrieval.errors import DuplicateImage, PayloadTooLarge, from_image_error
+from retrieval.errors import DuplicateImage, PayloadTooLarge, RetrievalError, from_image_error
 from retrieval.models import Catalog, CatalogImage, ImportJob, Landmark, image_suffix
-from retrieval.services import queueing
+from retrieval.services import augmentation, catalogs, queueing
 from retrieval.vision import preprocessing
 
 logger = logging.getLogger(__name__)
@@ -149,6 +150,76 @@ def image_ingest_unique(
     if not result.created:
         raise DuplicateImage(f"already in catalog {catalog.name} as image {result.image.pk} (same content).")
     return result.image
+
+
+@dataclasses.dataclass
+class UploadReport:
+    """What :func:`images_upload` did with a batch of files."""
+
+    job: ImportJob
+    created: list[CatalogImage]
+    duplicates: list[dict[str, object]]  # {"name", "image_id"}: already in the catalog
+    refused: list[dict[str, str]]  # {"name", "error"}: not stored
+    refused_status: int = 400  # the HTTP status of the first refusal
+
+
+def images_upload(
+    *, catalog: Catalog, files: Sequence[File], landmark: str = "", source: str, created_by: str = ""
+) -> UploadReport:
+    """Store a batch of uploaded photos (the catalog API) as one :class:`ImportJob`: each
+    file is stored and queued for indexing, reported as a duplicate (same content already
+    in the catalog) or refused with the reason (nothing stored)."""
+    job = import_job_start(catalog=catalog, source=source, submitted=len(files), created_by=created_by)
+    landmark_row = catalogs.landmark_get_or_create(catalog=catalog, name=landmark)
+    report = UploadReport(job=job, created=[], duplicates=[], refused=[])
+    for upload in files:
+        name = upload.name or "upload"
+        try:
+            result = image_ingest(
+                catalog=catalog, data=upload.read(), filename=name, landmark=landmark_row, import_job=job
+            )
+        except RetrievalError as exc:
+            if not report.refused:
+                report.refused_status = exc.http_status
+            report.refused.append({"name": name, "error": exc.message})
+            continue
+        if result.created:
+            report.created.append(result.image)
+        else:
+            report.duplicates.append({"name": name, "image_id": result.image.pk})
+    import_job_finish(job=job, duplicates=len(report.duplicates), refused=report.refused)
+    logger.info(
+        "import job %s into %s: %d stored, %d duplicates, %d refused",
+        job.pk, catalog.name, len(report.created), len(report.duplicates), len(report.refused),
+    )  # fmt: skip
+    return report
+
+
+def image_delete(*, image_id: int) -> bool:
+    """Delete a catalog image: its row and descriptors, then (once committed) its stored
+    file and thumbnail; the augmented descriptors of its neighbours are refreshed without
+    it. Returns False when there was no such image."""
+    image = CatalogImage.objects.select_related("catalog").filter(pk=image_id).first()
+    if image is None:
+        return False
+    files = [field.name for field in (image.file, image.thumbnail) if field]
+    storage = image.file.storage
+    with transaction.atomic():
+        augmentation.descriptors_touch_neighbours(image=image)
+        image.delete()
+        catalogs.catalog_request_augmentation(catalog_id=image.catalog_id)
+        # Files go only once the row is gone for good: a rollback keeps a working image.
+        transaction.on_commit(lambda: _delete_files(storage, files))
+    logger.info("deleted catalog image %s (%s) from catalog %s", image_id, image.original_name, image.catalog_id)
+    return True
+
+
+def _delete_files(storage: object, names: list[str]) -> None:
+    for name in names:
+        try:
+            storage.delete(name)  # type: ignore[attr-defined]
+        except OSError:
+            logger.warning("could not delete the stored file %s", name, exc_info=True)
 
 
 def images_requeue(*, image_ids: list[int]) -> int:
