@@ -219,8 +219,10 @@ def throwaway_catalog(dataset_name: str) -> Iterator[Catalog]:
 
 
 def catalog_purge(*, catalog_id: int) -> None:
-    """Delete a catalog, its images, descriptors, landmarks and searches, and their files."""
-    files = list(CatalogImage.objects.filter(catalog_id=catalog_id).values_list("file", flat=True))
+    """Delete a catalog, its images, descriptors, landmarks and searches, and their files
+    (photos and thumbnails)."""
+    images = CatalogImage.objects.filter(catalog_id=catalog_id)
+    files = [name for pair in images.values_list("file", "thumbnail") for name in pair]
     files += SearchQuery.objects.filter(catalog_id=catalog_id).values_list("image", flat=True)
     Catalog.objects.filter(pk=catalog_id).delete()  # cascades to every row above
     for name in files:
@@ -229,11 +231,12 @@ def catalog_purge(*, catalog_id: int) -> None:
                 default_storage.delete(name)
     # Remote storages (S3 and the like) have no local path: Django raises
     # NotImplementedError there, and there are no empty folders to remove.
-    with contextlib.suppress(NotImplementedError, OSError):
-        root = Path(default_storage.path(f"catalog/{catalog_id}"))
-        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
-            folder.rmdir()
-        root.rmdir()
+    for top in ("catalog", "thumbs"):
+        with contextlib.suppress(NotImplementedError, OSError):
+            root = Path(default_storage.path(f"{top}/{catalog_id}"))
+            for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
+                folder.rmdir()
+            root.rmdir()
     logger.info("deleted throw-away catalog %s", catalog_id)
 
 

@@ -57,7 +57,7 @@ def test_the_search_page_refuses_a_private_catalog_to_an_anonymous_user(client: 
     upload = ContentFile(photo_bytes, name="q.jpg")
     response = client.post("/", {"image": upload, "catalog": "secret"})
     assert response.status_code == 400
-    assert "catalog: Select a valid choice" in response.content.decode()
+    assert "No catalog with that name that you may search" in response.content.decode()
     assert not SearchQuery.objects.exists()
 
 
