@@ -103,7 +103,7 @@ def descriptor_shortlist(
     return [Candidate(image_id=row[0], similarity=1.0 - float(row[1])) for row in rows]
 
 
-def nearest_plain(
+def nearest_earlier_image(
     *, catalog: Catalog, model: FeatureModel, image_id: int, query: np.ndarray, limit: int = 10
 ) -> Candidate | None:
     """The image of the catalog whose plain descriptor is most similar (cosine) to

@@ -76,7 +76,7 @@ def image_near_duplicate(
     One shortlist query, one plain-cosine query and, above the threshold only, one
     verification: small next to the extraction.
     """
-    nearest = selectors.nearest_plain(
+    nearest = selectors.nearest_earlier_image(
         catalog=image.catalog, model=model, image_id=image.pk, query=features.global_descriptor
     )
     min_inliers = extraction.min_inliers(extractor.model_name)
