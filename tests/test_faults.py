@@ -131,6 +131,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         LANDMARKS_EXTRACTOR=EXTRACTOR,
         PORT=str(port),
         WEB_WORKERS="1",
+        INDEX_WORKERS="1",  # one photo in extraction at a time: the kills below hit exactly one
         LANDMARKS_TASK_LEASE_SECONDS="8",
         LANDMARKS_SWEEP_SECONDS=SWEEP_SECONDS,
         LANDMARKS_AUGMENT_DELAY_SECONDS="1",

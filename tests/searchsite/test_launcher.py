@@ -54,6 +54,7 @@ def test_run_serves_the_site_and_ctrl_c_stops_every_process(tmp_path: Path) -> N
         children = psutil.Process(launcher.pid).children(recursive=True)
         postgres = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
         assert len(children) >= 3 and postgres
+        _assert_indexing_processes(launcher.pid)
     finally:
         os.kill(launcher.pid, signal.SIGINT)  # what Ctrl-C sends
         code = launcher.wait(60)
@@ -125,3 +126,22 @@ def test_a_child_that_keeps_dying_is_restarted_with_a_growing_delay(tmp_path: Pa
     child.process.wait(10)  # type: ignore[union-attr]
     assert marker.read_text() == "xxxx"
     assert delays[0] < delays[1] < delays[2]
+
+
+def _assert_indexing_processes(launcher_pid: int) -> None:
+    """The index worker: one pool process per core (at most 4), TensorFlow on one thread
+    each, below the search worker's priority."""
+    deadline = time.monotonic() + 120
+    while True:
+        workers = [p for p in psutil.Process(launcher_pid).children() if {"worker", "index"} <= set(p.cmdline())]
+        pool = workers[0].children() if workers else []
+        if len(pool) == min(4, os.cpu_count() or 1):
+            break
+        assert time.monotonic() < deadline, f"index worker processes: {workers}, pool {pool}"
+        time.sleep(1)
+    (worker,) = workers
+    lower = min(19, psutil.Process(launcher_pid).nice() + 10)
+    assert worker.nice() == lower
+    assert all(process.nice() == lower for process in pool)
+    assert worker.environ()["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert worker.environ()["TF_NUM_INTEROP_THREADS"] == "1"
