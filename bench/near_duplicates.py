@@ -1,4 +1,5 @@
-"""Calibrate LANDMARKS_NEAR_DUPLICATE_SIMILARITY on real photos (no database needed).
+"""Calibrate the near-duplicate test on real photos (no database needed):
+LANDMARKS_NEAR_DUPLICATE_SIMILARITY and LANDMARKS_NEAR_DUPLICATE_SHARE.
 
     nice .venv/bin/python bench/near_duplicates.py ../shared/datasets/paris5 [--per-landmark 8] [--spec SPEC]
 
@@ -11,8 +12,9 @@ four at once) and extracted too. Prints, as the index worker would see them:
 - the cosine of each sampled photo to its nearest *different* photo of the same landmark
   (distinct shots of one place: not duplicates), and to its nearest photo of another landmark;
 
-with the product's verification inliers of each pair, and a threshold between the two
-cosine distributions with its margin.
+with the product's verification inliers of each pair, the share of its matches that one
+similarity transform carries (``vision.duplicates``), and what each pair of thresholds
+flags.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def main() -> int:
     extractor = get_extractor(args.spec)
     logger.info("%s: %d catalog photos, extractor %s", dataset.name, len(dataset.images), extractor.model_name)
     # The measured pairs are kept, so that the report can be printed again without extracting.
-    cache = ROOT / "bench" / "out" / f"near-duplicates-{dataset.name}-{extractor.model_name}-{args.per_landmark}.pkl"
+    cache = ROOT / "bench" / "out" / f"near-duplicates-v2-{dataset.name}-{extractor.model_name}-{args.per_landmark}.pkl"
     if cache.exists():
         rows = pickle.loads(cache.read_bytes())
     else:
@@ -122,8 +124,19 @@ def _inliers(extractor: Any, a: Any, b: Any) -> int:
     return verify_pair(a.local, b.local, matching_config(extractor.model_name)).inliers
 
 
+def _share(extractor: Any, a: Any, b: Any) -> tuple[float, int]:
+    """Share of the tentative matches that one similarity transform carries, and how many
+    that is (vision.duplicates, as the index worker tests a new photo)."""
+    from retrieval.vision.duplicates import picture_match
+    from retrieval.vision.extractors import matching_config
+
+    match = picture_match(a.local, b.local, matching_config(extractor.model_name))
+    return match.share, match.inliers
+
+
 def _measure(extractor: Any, images: list[Any], pool: list[Any], labels: np.ndarray, sample: list[int]) -> list[tuple]:
-    """(kind, cosine, inliers, photo id, other id) per compared pair."""
+    """(kind, cosine, inliers, photo id, other id, similarity-transform share, its inliers)
+    per compared pair."""
     X = np.stack([f.global_descriptor for f in pool]).astype(np.float32)
     rows = []
     for index in sample:
@@ -132,12 +145,18 @@ def _measure(extractor: Any, images: list[Any], pool: list[Any], labels: np.ndar
         for name, make in VARIANTS.items():
             features = _extract(extractor, make(original))
             cosine = float(features.global_descriptor @ X[index])
-            rows.append((name, cosine, _inliers(extractor, features, pool[index]), images[index].id, images[index].id))
+            rows.append((
+                name, cosine, _inliers(extractor, features, pool[index]), images[index].id, images[index].id,
+                *_share(extractor, features, pool[index]),
+            ))  # fmt: skip
         cosines = X @ X[index]
         cosines[index] = -2.0
         for kind, mask in [("same landmark", labels == labels[index]), ("other landmark", labels != labels[index])]:
             other = int(np.argmax(np.where(mask, cosines, -2.0)))
-            rows.append((kind, float(cosines[other]), _inliers(extractor, pool[index], pool[other]), images[index].id, images[other].id))  # fmt: skip
+            rows.append((
+                kind, float(cosines[other]), _inliers(extractor, pool[index], pool[other]), images[index].id,
+                images[other].id, *_share(extractor, pool[index], pool[other]),
+            ))  # fmt: skip
         logger.info("%s done", images[index].id)
     return rows
 
@@ -163,6 +182,31 @@ def _report(rows: list[tuple], min_inliers: int) -> None:
     if low > high:
         logger.info("separable: threshold %.3f (midpoint), margin %.4f each side", (low + high) / 2, (low - high) / 2)
     _threshold_table(rows, min_inliers)
+    _share_table(rows, min_inliers)
+
+
+def _share_table(rows: list[tuple], min_inliers: int) -> None:
+    """The share of matches one similarity transform carries, per kind, and what cosine
+    >= c and share >= s together flag (the index worker's test)."""
+    kinds = list(VARIANTS) + ["same landmark", "other landmark"]
+    logger.info("\n| pairs | share min | p5 | median | max |")
+    logger.info("|---|---:|---:|---:|---:|")
+    for kind in kinds:
+        share = np.array([r[5] for r in rows if r[0] == kind])
+        logger.info(
+            "| %s | %.3f | %.3f | %.3f | %.3f |",
+            kind, share.min(), np.percentile(share, 5), np.median(share), share.max(),
+        )  # fmt: skip
+    logger.info("\n| cosine >= | share >= | %s |", " | ".join(kinds))
+    logger.info("|---:|---:|%s", "---:|" * len(kinds))
+    for cosine in (0.85, 0.88, 0.90):
+        for share in (0.4, 0.5, 0.6, 0.7):
+            cells = []
+            for kind in kinds:
+                pairs = [r for r in rows if r[0] == kind]
+                flagged = sum(r[1] >= cosine and r[5] >= share and r[6] >= min_inliers for r in pairs)
+                cells.append(f"{flagged}/{len(pairs)}")
+            logger.info("| %.2f | %.1f | %s |", cosine, share, " | ".join(cells))
 
 
 def _threshold_table(rows: list[tuple], min_inliers: int) -> None:

@@ -11,7 +11,6 @@ import uuid
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
-from django.db.models import QuerySet
 from django.db.models.fields.files import FieldFile
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
@@ -23,7 +22,7 @@ from retrieval import selectors, services
 from retrieval.api.serializers import search_payload
 from retrieval.errors import InvalidInput, PayloadTooLarge, RateLimited, RetrievalError
 from retrieval.forms import SearchForm
-from retrieval.models import Catalog, CatalogImage, SearchQuery, image_content_type, needs_rendition
+from retrieval.models import CatalogImage, SearchQuery, image_content_type, needs_rendition
 
 logger = logging.getLogger(__name__)
 

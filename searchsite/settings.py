@@ -248,10 +248,13 @@ LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
 LANDMARKS_VERIFY_EARLY_STOP = env.get_int("LANDMARKS_VERIFY_EARLY_STOP", 10, minimum=0)
 # Inliers for "same place"; unset: the value calibrated for the local feature in use.
 LANDMARKS_MIN_INLIERS = env.get_optional_int("LANDMARKS_MIN_INLIERS", minimum=4)
-# A new catalog photo whose plain global cosine to an earlier one of its catalog reaches
-# this, and that verifies with the "same place" inliers, is flagged as its near duplicate
-# (not refused). 0.93: bench/near_duplicates.py on paris5 (docs/quality.md); above 1: off.
-LANDMARKS_NEAR_DUPLICATE_SIMILARITY = env.get_float("LANDMARKS_NEAR_DUPLICATE_SIMILARITY", 0.93, minimum=0.0)
+# A new catalog photo is flagged (not refused) as the near duplicate of an earlier one of
+# its catalog when their plain global cosine reaches the first value and one similarity
+# transform carries at least the second share of their matches (and the "same place"
+# inliers): copies, not other shots of one spot. bench/near_duplicates.py on paris5
+# (docs/quality.md); a similarity above 1 switches the check off.
+LANDMARKS_NEAR_DUPLICATE_SIMILARITY = env.get_float("LANDMARKS_NEAR_DUPLICATE_SIMILARITY", 0.88, minimum=0.0)
+LANDMARKS_NEAR_DUPLICATE_SHARE = env.get_float("LANDMARKS_NEAR_DUPLICATE_SHARE", 0.6, minimum=0.0)
 # Query photos and their results are deleted this many days after the search (hourly
 # task search_purge_expired); 0 keeps them forever.
 LANDMARKS_QUERY_RETENTION_DAYS = env.get_int("LANDMARKS_QUERY_RETENTION_DAYS", 30, minimum=0)

@@ -16,8 +16,7 @@ from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescripto
 from retrieval.services import catalogs, ingest, queueing, thumbnails
 from retrieval.vision.extractors import matching_config
 from retrieval.vision.extractors.base import Extractor
-from retrieval.vision.features import ImageFeatures, LocalFeatures
-from retrieval.vision.verification import VerificationConfig, verify_pair
+from retrieval.vision.features import ImageFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -70,32 +69,38 @@ def image_near_duplicate(
 ) -> dict[str, object]:
     """The near-duplicate fields of ``image`` (its descriptor row is stored): the most
     similar earlier photo of its catalog when their plain global cosine is at least
-    ``LANDMARKS_NEAR_DUPLICATE_SIMILARITY`` (calibrated in bench/near_duplicates.py) and
-    their local features verify with the model's "same place" inliers; else all None.
+    ``LANDMARKS_NEAR_DUPLICATE_SIMILARITY`` and one similarity transform carries
+    ``LANDMARKS_NEAR_DUPLICATE_SHARE`` of their matches, at least the model's "same place"
+    inliers (``vision.duplicates``; calibrated in bench/near_duplicates.py); else all None.
 
-    One shortlist query, one plain-cosine query and, above the threshold only, one
-    verification: small next to the extraction.
+    One shortlist query, one plain-cosine query and, above the cosine only, one match and
+    fit: small next to the extraction.
     """
+    from retrieval.vision.duplicates import picture_match
+
     nearest = selectors.nearest_earlier_image(
         catalog=image.catalog, model=model, image_id=image.pk, query=features.global_descriptor
     )
-    min_inliers = extraction.min_inliers(extractor.model_name)
     flag: dict[str, object] = {
         "near_duplicate_of": None,
         "near_duplicate_similarity": None,
         "near_duplicate_inliers": None,
     }
-    if nearest is not None and nearest.similarity >= settings.LANDMARKS_NEAR_DUPLICATE_SIMILARITY:
-        stored = selectors.local_features_for(model=model, image_ids=[nearest.image_id]).get(nearest.image_id)
-        config = matching_config(extractor.model_name)
-        inliers = _inliers_either_way(features.local, stored, config, min_inliers=min_inliers) if stored else 0
-        if inliers >= min_inliers:
-            flag = {
-                "near_duplicate_of": nearest.image_id,
-                "near_duplicate_similarity": round(nearest.similarity, 4),
-                "near_duplicate_inliers": inliers,
-            }
-            logger.info("image %s is a near duplicate of image %s (%s)", image.pk, nearest.image_id, flag)
+    if nearest is None or nearest.similarity < settings.LANDMARKS_NEAR_DUPLICATE_SIMILARITY:
+        return flag
+    stored = selectors.local_features_for(model=model, image_ids=[nearest.image_id]).get(nearest.image_id)
+    if stored is None:
+        return flag
+    match = picture_match(features.local, stored, matching_config(extractor.model_name))
+    if match.share >= settings.LANDMARKS_NEAR_DUPLICATE_SHARE and match.inliers >= extraction.min_inliers(
+        extractor.model_name
+    ):
+        flag = {
+            "near_duplicate_of": nearest.image_id,
+            "near_duplicate_similarity": round(nearest.similarity, 4),
+            "near_duplicate_inliers": match.inliers,
+        }
+        logger.info("image %s is a near duplicate of image %s (%s)", image.pk, nearest.image_id, flag)
     return flag
 
 
@@ -111,19 +116,6 @@ def _near_duplicate_fields(
     except Exception:
         logger.exception("near-duplicate check failed for image %s", image.pk)
         return {}
-
-
-def _inliers_either_way(
-    new: LocalFeatures, stored: LocalFeatures, config: VerificationConfig, *, min_inliers: int
-) -> int:
-    """Inliers of the pair, verified the other way round when the first fit fails: a
-    fundamental matrix fitted to a rescaled copy (all matches on one homography) is
-    degenerate and MSAC sometimes finds nothing one way and ~all matches the other
-    (bench/near_duplicates.py: 1 of 40 copies resized to 60 %)."""
-    inliers = verify_pair(new, stored, config).inliers
-    if inliers >= min_inliers:
-        return inliers
-    return max(inliers, verify_pair(stored, new, config).inliers)
 
 
 def _refused_image(image_id: int) -> CatalogImage | None:

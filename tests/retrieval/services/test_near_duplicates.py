@@ -1,4 +1,4 @@
-"""Near duplicates are flagged by the index worker (global cosine + verification), not refused."""
+"""Near duplicates are flagged by the index worker (global cosine + one similarity transform), not refused."""
 
 from __future__ import annotations
 
@@ -35,11 +35,7 @@ def _ingest(catalog: Catalog, data: bytes, name: str) -> CatalogImage:
 
 @pytest.fixture
 def images(celery_worker: object) -> dict[str, CatalogImage]:
-    """An original, a copy re-encoded at quality 80 and 80 % of its size, and an unrelated photo.
-
-    (At 60 % and quality 60 this 640 px photo becomes 384 px and falls under the threshold
-    with the tests' model and the default: docs/quality.md, "Near duplicates".)
-    """
+    """An original, a copy re-encoded at quality 80 and 80 % of its size, and an unrelated photo."""
     catalog = CatalogFactory(name="dups")
     rocket = load_photo("rocket.jpg")
     smaller = cv2.resize(rocket, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA)
