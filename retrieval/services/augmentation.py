@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 POOL_FACTOR = 3
 # Rows per batched kNN query and per write.
 BATCH_ROWS = 200
+# A recomputed descriptor this close to the stored one is the same up to halfvec rounding.
+UNCHANGED_COSINE = 0.99995
 # A change of more than this share of a catalog's rows is augmented in full.
 INCREMENTAL_MAX_SHARE = 0.1
 
@@ -139,9 +141,14 @@ def _augment_rows(*, catalog: Catalog, model: FeatureModel, image_ids: list[int]
 
     nearest = nearest_plain(catalog=catalog, model=model, image_ids=image_ids, neighbours=neighbours)
     members = {i for pairs in nearest.values() for i, _ in pairs}
-    plain = selectors.descriptor_vectors(model=model, image_ids=sorted(members | set(nearest)), augmented=False)
-    pk_of = dict(ImageDescriptor.objects.filter(model=model, image_id__in=list(nearest)).values_list("image_id", "pk"))
-    order = [i for i in image_ids if i in nearest and i in pk_of]
+    # The plain descriptors only (parsing a halfvec costs more than fetching it), and the
+    # rows' primary keys for the write, in one query.
+    rows = ImageDescriptor.objects.filter(model=model, image_id__in=sorted(members | set(nearest)))
+    plain, pk_of = {}, {}
+    for image_id, pk, vector in rows.values_list("image_id", "pk", "embedding"):
+        plain[image_id] = np.asarray(vector, np.float32)
+        pk_of[image_id] = pk
+    order = [i for i in image_ids if i in nearest and i in pk_of and all(j in plain for j, _ in nearest[i])]
     if not order:
         return members
     dim = int(model.global_dim)
@@ -152,7 +159,15 @@ def _augment_rows(*, catalog: Catalog, model: FeatureModel, image_ids: list[int]
             stack[row, col] = plain[other]
             sims[row, col] = similarity
     augmented = augment_from_neighbours(stack, sims, alpha=settings.LANDMARKS_EXPANSION_ALPHA)
-    _write([pk_of[i] for i in order], augmented)
+    # A row that the new one did not enter keeps its neighbours and so its descriptor;
+    # rewriting it would cost an HNSW insert for nothing (the index is on this column).
+    current = dict(ImageDescriptor.objects.filter(pk__in=[pk_of[i] for i in order]).values_list("pk", "embedding_aug"))
+    changed = [
+        row for row, image_id in enumerate(order)
+        if current.get(pk_of[image_id]) is None
+        or float(np.asarray(current[pk_of[image_id]], np.float32) @ augmented[row]) < UNCHANGED_COSINE
+    ]  # fmt: skip
+    _write([pk_of[order[row]] for row in changed], augmented[changed])
     return members
 
 
