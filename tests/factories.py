@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import factory
@@ -65,3 +66,21 @@ class ImageDescriptorFactory(factory.django.DjangoModelFactory):
 
 def _unit(vector: np.ndarray) -> np.ndarray:
     return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelIdentity:
+    """What ``services.feature_model_ensure`` reads of an extractor: its identity and
+    dimensions (tests that need a FeatureModel row and its HNSW index, no network)."""
+
+    model_name: str
+    model_version: str = "1"
+    global_dim: int = 8
+    local_dim: int = 4
+
+
+def feature_model_with_index(name: str, **dimensions: int) -> FeatureModel:
+    """A FeatureModel row with its partial HNSW index, as the workers create them."""
+    from retrieval.services import feature_model_ensure
+
+    return feature_model_ensure(extractor=ModelIdentity(name, **dimensions))  # type: ignore[arg-type]

@@ -8,19 +8,9 @@ from django.db import connection
 
 from retrieval import selectors
 from retrieval.models import FeatureModel
-from retrieval.services import feature_model_ensure
-from tests.factories import CatalogFactory, ImageDescriptorFactory
+from tests.factories import CatalogFactory, ImageDescriptorFactory, feature_model_with_index
 
 pytestmark = pytest.mark.django_db
-
-
-class _FakeExtractor:
-    """Only the identity of a model matters to feature_model_ensure."""
-
-    model_name = "unit-test-model"
-    model_version = "1"
-    global_dim = 8
-    local_dim = 4
 
 
 def _unit(v: list[float]) -> np.ndarray:
@@ -30,7 +20,7 @@ def _unit(v: list[float]) -> np.ndarray:
 
 @pytest.fixture
 def model() -> FeatureModel:
-    return feature_model_ensure(extractor=_FakeExtractor())  # type: ignore[arg-type]
+    return feature_model_with_index("unit-test-model")
 
 
 def test_feature_model_ensure_creates_a_partial_hnsw_index(model: FeatureModel) -> None:
@@ -48,7 +38,9 @@ def test_shortlist_returns_nearest_images_first_with_cosine_similarity(model: Fe
     query = _unit(rng.normal(size=8).tolist())
     near = ImageDescriptorFactory(image__catalog=catalog, model=model, embedding=_unit((query + 0.05).tolist()))
     far = ImageDescriptorFactory(image__catalog=catalog, model=model, embedding=-query)
-    mid = ImageDescriptorFactory(image__catalog=catalog, model=model, embedding=_unit((query + rng.normal(size=8)).tolist()))
+    mid = ImageDescriptorFactory(
+        image__catalog=catalog, model=model, embedding=_unit((query + rng.normal(size=8)).tolist())
+    )
     result = selectors.descriptor_shortlist(catalog=catalog, model=model, query=query, limit=10)
     assert [c.image_id for c in result] == [near.image_id, mid.image_id, far.image_id]
     assert result[0].similarity == pytest.approx(float(query @ near.embedding), abs=2e-3)

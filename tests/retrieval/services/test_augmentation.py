@@ -10,23 +10,16 @@ from retrieval import services
 from retrieval.models import Catalog, FeatureModel, ImageDescriptor
 from retrieval.services.augmentation import nearest_plain
 from retrieval.vision.expansion import database_side_augmentation
-from tests.factories import CatalogFactory, ImageDescriptorFactory
+from tests.factories import CatalogFactory, ImageDescriptorFactory, feature_model_with_index
 
 pytestmark = pytest.mark.django_db
 
 DIM = 8
 
 
-class _FakeExtractor:
-    model_name = "augmentation-test-model"
-    model_version = "1"
-    global_dim = DIM
-    local_dim = 4
-
-
 @pytest.fixture
 def model() -> FeatureModel:
-    return services.feature_model_ensure(extractor=_FakeExtractor())  # type: ignore[arg-type]
+    return feature_model_with_index("augmentation-test-model", global_dim=DIM)
 
 
 def _clusters(rng: np.random.Generator, centres: int, members: int) -> np.ndarray:
