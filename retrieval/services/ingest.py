@@ -11,6 +11,7 @@ import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from retrieval import tasks
 from retrieval.errors import DuplicateImage, PayloadTooLarge, RetrievalError, from_image_error
@@ -240,8 +241,6 @@ def import_job_start(*, catalog: Catalog, source: str, submitted: int, created_b
 def import_job_finish(*, job: ImportJob, duplicates: int, refused: list[dict[str, str]]) -> ImportJob:
     """Record what was not stored (``refused``: ``[{"name", "error"}]``); the indexing
     progress itself is counted from the images (``selectors.import_job_progress``)."""
-    from django.utils import timezone
-
     job.duplicates = duplicates
     job.refused = refused
     job.finished_at = timezone.now()

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import io
 import logging
-import warnings
 
 import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from PIL import Image, ImageOps
+from PIL import Image
 
-from retrieval.errors import InvalidImage, PayloadTooLarge
+from retrieval.errors import InvalidImage
 from retrieval.models import CatalogImage, thumbnail_path
+from retrieval.vision import preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -50,48 +50,17 @@ def thumbnail_ensure(*, image: CatalogImage) -> str:
     try:
         # Through the storage: the field's cached file object cannot be reopened.
         with image.file.storage.open(image.file.name, "rb") as handle:
-            pil = _open_reduced(handle)
+            data = handle.read()
     except FileNotFoundError:
         raise InvalidImage("The stored photo is missing.") from None
-    return _save(image=image, pil=pil)
-
-
-def _open_reduced(handle: object) -> Image.Image:
-    """Decode at (about) thumbnail size: JPEG's ``draft`` decodes at 1/2..1/8 scale, so a
-    24-megapixel photo costs a fraction of a full decode. EXIF orientation applied."""
-    limit = settings.LANDMARKS_MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            pil = Image.open(handle)
-            if pil.width * pil.height > limit:
-                raise PayloadTooLarge(f"The stored photo has more than {limit:,} pixels.")
-            pil.draft("RGB", (THUMBNAIL_MAX_SIDE, THUMBNAIL_MAX_SIDE))
-            pil.load()
-        pil = ImageOps.exif_transpose(pil) or pil
-        pil = _flatten(pil)
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-        Image.DecompressionBombWarning,
-        Image.DecompressionBombError,
-    ) as exc:
+        # The upload checks (format, pixel cap), decoded at about thumbnail size.
+        rgb = preprocessing.decode_image(
+            data, max_pixels=settings.LANDMARKS_MAX_IMAGE_PIXELS, min_side=1, draft_side=THUMBNAIL_MAX_SIDE
+        )
+    except preprocessing.ImageError as exc:
         raise InvalidImage(f"The stored photo cannot be decoded: {exc}") from None
-    pil.thumbnail((THUMBNAIL_MAX_SIDE, THUMBNAIL_MAX_SIDE), Image.Resampling.LANCZOS)
-    return pil
-
-
-def _flatten(pil: Image.Image) -> Image.Image:
-    """RGB, transparency composited on white (as the extractor sees it)."""
-    if pil.mode == "RGB":
-        return pil
-    if pil.mode in {"RGBA", "LA", "PA", "P"}:
-        rgba = pil.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return pil.convert("RGB")
+    return thumbnail_store(image=image, rgb=rgb)
 
 
 def _save(*, image: CatalogImage, pil: Image.Image) -> str:

@@ -89,7 +89,7 @@ def read_header(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 32
     return ImageHeader(width=width, height=height, format=image.format or "")
 
 
-def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 32) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 32, draft_side: int = 0) -> np.ndarray:
     """Decode, validate and normalise an uploaded image.
 
     Args:
@@ -97,12 +97,17 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 3
         max_pixels: width * height above which the image is refused before decoding
             (decompression bombs).
         min_side: the smallest accepted width or height, in pixels.
+        draft_side: when set, a JPEG is decoded at the smallest of 1/2 ... 1/8 scale that
+            keeps both sides at least this long (Pillow's ``draft``: a fraction of a full
+            decode, for thumbnails); other formats decode in full.
 
     Returns:
         (H, W, 3) uint8 RGB array, EXIF orientation applied.
     """
     image = _open(data, max_pixels=max_pixels)
     try:
+        if draft_side:
+            image.draft("RGB", (draft_side, draft_side))
         image.load()
         image = ImageOps.exif_transpose(image) or image
     except Image.DecompressionBombError:
