@@ -241,16 +241,6 @@ def catalog_searchable_get(*, user: object, name: str) -> Catalog | None:
     return catalogs_searchable(user=user).filter(name=name).first()
 
 
-def catalogs_overview(*, user: object) -> QuerySet[Catalog]:
-    """The catalogs this user may search, with ``landmark_count``, ``image_count`` and
-    ``indexed_count``."""
-    return catalogs_searchable(user=user).annotate(
-        landmark_count=Count("landmarks", distinct=True),
-        image_count=Count("images", distinct=True),
-        indexed_count=Count("images", filter=Q(images__status=CatalogImage.Status.INDEXED), distinct=True),
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class LandmarkSummary:
     """One landmark of a catalog page (``landmark`` None: the images without one)."""
@@ -270,7 +260,7 @@ def catalog_landmarks_page(
     ``page`` is whatever the query string said: invalid numbers give the first page, too
     large ones the last (``Paginator.get_page``).
     """
-    landmarks = catalog.landmarks.annotate(image_count=Count("images")).order_by("name", "id")
+    landmarks = catalog_landmarks(catalog=catalog)
     if name_contains:
         landmarks = landmarks.filter(name__icontains=name_contains)
     paginator = Paginator(landmarks, per_page)
@@ -342,13 +332,16 @@ def jobs_recent(*, limit: int = 15) -> list[JobRow]:
 
 
 def catalogs_with_counts(*, catalogs: QuerySet[Catalog]) -> QuerySet[Catalog]:
-    """``catalogs`` with ``images_<status>`` and ``landmark_count`` annotated (one query)."""
+    """``catalogs`` with ``images_<status>``, ``image_count`` and ``landmark_count``
+    annotated (one query; the API and the catalog pages)."""
     per_status = {
         f"images_{status}": Count("images", filter=Q(images__status=status), distinct=True)
         for status in CatalogImage.Status.values
     }
     return catalogs.select_related("active_model").annotate(
-        **per_status, landmark_count=Count("landmarks", distinct=True)
+        **per_status,
+        landmark_count=Count("landmarks", distinct=True),
+        image_count=Count("images", distinct=True),
     )
 
 

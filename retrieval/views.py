@@ -170,7 +170,7 @@ def search_detail_page(request: HttpRequest, public_id: uuid.UUID) -> HttpRespon
 
 @require_GET
 def catalog_list_page(request: HttpRequest) -> HttpResponse:
-    catalogs = selectors.catalogs_overview(user=request.user)
+    catalogs = selectors.catalogs_with_counts(catalogs=selectors.catalogs_searchable(user=request.user))
     return render(request, "retrieval/catalog_list.html", {"catalogs": catalogs})
 
 
