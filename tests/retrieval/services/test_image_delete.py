@@ -9,14 +9,14 @@ import pytest
 from retrieval import selectors, services
 from retrieval.models import Catalog, CatalogImage, ImageDescriptor
 from retrieval.vision.expansion import database_side_augmentation
-from tests.factories import CatalogFactory, ImageDescriptorFactory
-from tests.retrieval.services.test_augmentation import _FakeExtractor, _augment, _augmented, _clusters
+from tests.factories import CatalogFactory, ImageDescriptorFactory, feature_model_with_index
+from tests.retrieval.services.test_augmentation import _augment, _augmented, _clusters
 
 pytestmark = pytest.mark.django_db
 
 
 def test_after_a_deletion_the_incremental_augmentation_equals_an_exact_one_without_it(settings) -> None:
-    model = services.feature_model_ensure(extractor=_FakeExtractor())  # type: ignore[arg-type]
+    model = feature_model_with_index("augmentation-test-model")
     catalog = CatalogFactory()
     vectors = _clusters(np.random.default_rng(5), 20, 20)  # 400 rows: a deletion stays incremental
     ids = [ImageDescriptorFactory(image__catalog=catalog, model=model, embedding=v).image_id for v in vectors]
