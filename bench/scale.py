@@ -152,7 +152,7 @@ def _seeds(dataset: Path, extractor: Any, count: int) -> dict[str, Any]:
     blobs, vectors, landmarks = [], [], []
     for image in tqdm(images, desc="extracting seeds", unit="img"):
         features = extractor.extract(image_decode(data=Path(image.path).read_bytes()))
-        blobs.append(features.local.to_bytes(descriptor_dtype=extractor.descriptor_dtype))
+        blobs.append(extractor.codec.encode(features.local))
         vectors.append(features.global_descriptor)
         landmarks.append(image.landmark)
     queries = []

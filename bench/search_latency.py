@@ -56,13 +56,12 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     from retrieval.extraction import get_extractor
     from retrieval.vision.datasets import load_retrieval_dataset
-    from retrieval.vision.features import LocalFeatures
 
     dataset = load_retrieval_dataset(args.dataset)
     extractor = get_extractor(args.spec)
     blobs, X, queries, Q, extract_ms = _features(dataset, extractor)
     start = time.perf_counter()
-    stored = [LocalFeatures.from_bytes(blob) for blob in blobs]
+    stored = [extractor.codec.decode(blob) for blob in blobs]
     decode_ms_per_blob = (time.perf_counter() - start) * 1000 / len(blobs)
     shortlists = _shortlists(X, Q, limit=args.shortlist)
     labels = [image.landmark for image in dataset.images]
@@ -100,7 +99,7 @@ def _features(dataset: Any, extractor: Any) -> tuple[list[bytes], np.ndarray, li
     blobs, vectors = [], []
     for image in dataset.images:
         features = extractor.extract(image_decode(data=Path(image.path).read_bytes()))
-        blobs.append(features.local.to_bytes(descriptor_dtype=extractor.descriptor_dtype))
+        blobs.append(extractor.codec.encode(features.local))
         vectors.append(features.global_descriptor)
     queries, Q, extract_ms = [], [], []
     for query in dataset.queries:

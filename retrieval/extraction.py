@@ -31,6 +31,7 @@ def extractor_config(spec: str | None = None) -> ExtractorConfig:
         dense_coarse_cells=settings.LANDMARKS_DENSE_COARSE_CELLS,
         dense_query_fine_cells=settings.LANDMARKS_DENSE_QUERY_FINE_CELLS,
         dense_query_coarse_cells=settings.LANDMARKS_DENSE_QUERY_COARSE_CELLS,
+        local_codebook=settings.LANDMARKS_LOCAL_CODEBOOK,
     )
 
 

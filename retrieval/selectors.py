@@ -22,6 +22,7 @@ from retrieval.models import (
     ReindexJob,
     SearchQuery,
 )
+from retrieval.vision.compact import LocalCodec
 from retrieval.vision.features import LocalFeatures
 
 
@@ -122,11 +123,34 @@ def nearest_earlier_image(
     return Candidate(image_id=best, similarity=cosines[best])
 
 
-def local_features_for(*, model: FeatureModel, image_ids: list[int]) -> dict[int, LocalFeatures]:
-    rows = ImageDescriptor.objects.filter(model=model, image_id__in=image_ids).values_list(
-        "image_id", "local_features"
-    )
-    return {image_id: LocalFeatures.from_bytes(bytes(blob)) for image_id, blob in rows}
+def local_features_for(
+    *, model: FeatureModel, image_ids: list[int], codec: LocalCodec | None = None
+) -> dict[int, LocalFeatures]:
+    """The stored local features of ``image_ids`` (one query), decoded with ``codec``
+    (any blob version; product-quantised rows need the codec's codebook library)."""
+    rows = ImageDescriptor.objects.filter(model=model, image_id__in=image_ids).values_list("image_id", "local_features")
+    codec = codec or LocalCodec()
+    return {image_id: codec.decode(bytes(blob)) for image_id, blob in rows}
+
+
+def local_feature_sample(*, catalog: Catalog, limit: int) -> tuple[FeatureModel | None, list[bytes]]:
+    """Up to ``limit`` stored local-feature blobs of ``catalog``, spread over its rows, of
+    the model serving it (else the model with the most rows): (model, blobs)."""
+    model = catalog.active_model
+    if model is None:
+        top = (
+            ImageDescriptor.objects.filter(catalog=catalog)
+            .values("model").annotate(rows=Count("id")).order_by("-rows").first()
+        )  # fmt: skip
+        model = FeatureModel.objects.get(pk=top["model"]) if top else None
+    if model is None:
+        return None, []
+    rows = ImageDescriptor.objects.filter(catalog=catalog, model=model)
+    total = rows.count()
+    step = max(1, total // max(limit, 1))
+    ids = list(rows.order_by("image_id").values_list("image_id", flat=True)[::step][:limit])
+    blobs = rows.filter(image_id__in=ids).values_list("local_features", flat=True)
+    return model, [bytes(blob) for blob in blobs]
 
 
 def catalog_get(*, name: str) -> Catalog | None:

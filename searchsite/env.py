@@ -100,6 +100,12 @@ def get_path(name: str, default: Path) -> Path:
     return Path(raw).expanduser().resolve() if raw else default
 
 
+def get_optional_path(name: str) -> Path | None:
+    """The path in ``name``, or None when it is unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    return Path(raw).expanduser().resolve() if raw else None
+
+
 _RATE = re.compile(r"\d+/\d*[smhd]")
 
 

@@ -241,6 +241,10 @@ LANDMARKS_DENSE_FINE_CELLS = env.get_int("LANDMARKS_DENSE_FINE_CELLS", 1000, min
 LANDMARKS_DENSE_COARSE_CELLS = env.get_int("LANDMARKS_DENSE_COARSE_CELLS", 500, minimum=0)
 LANDMARKS_DENSE_QUERY_FINE_CELLS = env.get_int("LANDMARKS_DENSE_QUERY_FINE_CELLS", 1500, minimum=10)
 LANDMARKS_DENSE_QUERY_COARSE_CELLS = env.get_int("LANDMARKS_DENSE_QUERY_COARSE_CELLS", 800, minimum=0)
+# A product quantiser for the stored local descriptors (``manage.py train_codebook``):
+# ~32 kB a photo instead of ~198 kB, at some cost in quality (docs/quality.md). Unset:
+# int8 rows. Setting it (or changing it) makes a new model version: reindex.
+LANDMARKS_LOCAL_CODEBOOK = env.get_optional_path("LANDMARKS_LOCAL_CODEBOOK")
 LANDMARKS_SHORTLIST_SIZE = env.get_int("LANDMARKS_SHORTLIST_SIZE", 100, minimum=1)
 LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
 # Verification stops early once the answer is decided (services/search: at least this

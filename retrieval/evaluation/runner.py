@@ -589,7 +589,8 @@ def _pair_image_features(
     extractor: Extractor, path: Path, keys: set[str], extract_ms: list[float], *, query: bool
 ) -> ImageFeatures:
     """Decode and extract one pair image, adding its digest to the pair's place ``keys``
-    and the extraction time to ``extract_ms``."""
+    and the extraction time to ``extract_ms``; a catalog photo's local features go
+    through the stored encoding and back."""
     data = path.read_bytes()
     keys.add(hashlib.sha256(data).hexdigest())
     try:
@@ -599,6 +600,8 @@ def _pair_image_features(
     start = time.perf_counter()
     features = extractor.extract_query(rgb) if query else extractor.extract(rgb)
     extract_ms.append((time.perf_counter() - start) * 1000)
+    if not query:  # as stored: what the server verifies a catalog photo with
+        features = dataclasses.replace(features, local=extractor.codec.decode(extractor.codec.encode(features.local)))
     return features
 
 

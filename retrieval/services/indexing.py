@@ -14,6 +14,7 @@ from retrieval import extraction, selectors
 from retrieval.errors import RetrievalError
 from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescriptor
 from retrieval.services import catalogs, ingest, queueing, thumbnails
+from retrieval.vision.compact import LocalCodec
 from retrieval.vision.extractors import matching_config
 from retrieval.vision.extractors.base import Extractor
 from retrieval.vision.features import ImageFeatures
@@ -88,7 +89,9 @@ def image_near_duplicate(
     }
     if nearest is None or nearest.similarity < settings.LANDMARKS_NEAR_DUPLICATE_SIMILARITY:
         return flag
-    stored = selectors.local_features_for(model=model, image_ids=[nearest.image_id]).get(nearest.image_id)
+    stored = selectors.local_features_for(model=model, image_ids=[nearest.image_id], codec=extractor.codec).get(
+        nearest.image_id
+    )
     if stored is None:
         return flag
     match = picture_match(features.local, stored, matching_config(extractor.model_name))
@@ -160,7 +163,7 @@ def _extract_and_store(
         logger.exception("extraction failed for image %s", image.pk)
         image_fail(image, f"Feature extraction failed: {type(exc).__name__}: {exc}")
         return False
-    descriptor_store(image=image, model=model, features=features, descriptor_dtype=extractor.descriptor_dtype)
+    descriptor_store(image=image, model=model, features=features, codec=extractor.codec)
     if not image.thumbnail.name:
         _thumbnail_store(image=image, rgb=rgb)
     flag = (
@@ -198,7 +201,7 @@ def image_fail(image: CatalogImage, reason: str) -> None:
 
 
 def descriptor_store(
-    *, image: CatalogImage, model: FeatureModel, features: ImageFeatures, descriptor_dtype: str = "<f2"
+    *, image: CatalogImage, model: FeatureModel, features: ImageFeatures, codec: LocalCodec | None = None
 ) -> ImageDescriptor:
     descriptor, _ = ImageDescriptor.objects.update_or_create(
         image=image,
@@ -206,7 +209,7 @@ def descriptor_store(
         defaults={
             "catalog_id": image.catalog_id,
             "embedding": features.global_descriptor.astype(np.float32),
-            "local_features": features.local.to_bytes(descriptor_dtype=descriptor_dtype),
+            "local_features": (codec or LocalCodec()).encode(features.local),
             "num_local": len(features.local),
         },
     )

@@ -353,7 +353,7 @@ def _verify(
     verified = _Verified(best={}, stored={}, stopped_early=False)
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
-        verified.stored.update(selectors.local_features_for(model=model, image_ids=part))
+        verified.stored.update(selectors.local_features_for(model=model, image_ids=part, codec=extractor.codec))
         for image_id in part:
             if image_id in verified.stored:
                 verified.best[image_id] = verify_best(features.local_sets, verified.stored[image_id], matching)

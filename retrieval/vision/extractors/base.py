@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from retrieval.vision.compact import LocalCodec
 from retrieval.vision.features import ImageFeatures, LocalFeatures
 
 
@@ -58,6 +59,12 @@ class Extractor(abc.ABC):
 
     # How stored local descriptors are encoded (``LocalFeatures.to_bytes``).
     descriptor_dtype: ClassVar[str] = "<f2"
+
+    @property
+    def codec(self) -> LocalCodec:
+        """How local features are stored and read back (``CodebookExtractor`` swaps in
+        product-quantised blobs)."""
+        return LocalCodec(descriptor_dtype=self.descriptor_dtype)
 
     @property
     @abc.abstractmethod

@@ -53,6 +53,9 @@ class ExtractorConfig:
     dense_coarse_cells: int
     dense_query_fine_cells: int
     dense_query_coarse_cells: int
+    # A product quantiser (``manage.py train_codebook``) for the stored local descriptors;
+    # None stores them as the extractor's ``descriptor_dtype``.
+    local_codebook: Path | None = None
 
 
 # "global": a GlobalExtractor, the left of "<global>+<local>"; "local": a LocalExtractor,
@@ -268,7 +271,31 @@ def build_extractor(config: ExtractorConfig) -> Extractor:
     check_spec(config.spec, cache_dir=config.cache_dir)
     global_part, local_part = _resolve(config.spec)
     if global_part is None:
-        return local_part.build(config)
-    return GlobalLocalExtractor(
-        global_part.build(config), local_part.build(config), config.spec, query_scales=config.query_scales
-    )
+        extractor = local_part.build(config)
+    else:
+        extractor = GlobalLocalExtractor(
+            global_part.build(config), local_part.build(config), config.spec, query_scales=config.query_scales
+        )
+    if config.local_codebook is None:
+        return extractor
+    return _with_codebook(extractor, config)
+
+
+def _with_codebook(extractor: Extractor, config: ExtractorConfig) -> Extractor:
+    """``extractor`` storing its local descriptors with the codebook file of ``config``
+    (a copy is kept under the model cache so that its rows stay readable later)."""
+    from retrieval.vision.compact import Codebook, LocalCodec
+    from retrieval.vision.extractors.codebook import CodebookExtractor
+
+    path = config.local_codebook
+    try:
+        codebook = Codebook.load(path)  # type: ignore[arg-type]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UnknownModelError(f"cannot read the local-feature codebook {path}: {exc}") from None
+    codec = LocalCodec(codebook=codebook, library=config.cache_dir / "codebooks")
+    try:
+        wrapped = CodebookExtractor(extractor, codec)
+    except ValueError as exc:
+        raise UnknownModelError(str(exc)) from None
+    codec.remember()
+    return wrapped
