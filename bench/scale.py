@@ -168,10 +168,16 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _noisy(rows: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
-    """Each unit row moved by a random direction of norm ``scale``."""
-    noise = _unit(rng.normal(size=rows.shape).astype(np.float32))
-    return _unit(rows + scale * noise)
+def _noisy(rows: np.ndarray, scale: float, rng: np.random.Generator, block: int = 20_000) -> np.ndarray:
+    """Each unit row moved by a random direction of norm ``scale`` (in blocks of rows, so
+    that a million 1280-d rows need no float64 copy of them all; the random stream, and
+    so the result, is the same as in one piece)."""
+    out = np.empty(rows.shape, np.float32)
+    for start in range(0, len(rows), block):
+        part = rows[start : start + block]
+        noise = _unit(rng.normal(size=part.shape).astype(np.float32))
+        out[start : start + block] = _unit(part + scale * noise)
+    return out
 
 
 def _landmarks(X: np.ndarray, args: argparse.Namespace, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

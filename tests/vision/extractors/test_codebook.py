@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from retrieval.vision import compact
 from retrieval.vision.extractors.base import Extractor
 from retrieval.vision.extractors.codebook import CodebookExtractor
-from retrieval.vision.extractors.registry import UnknownModelError, _with_codebook
+from retrieval.vision.extractors.registry import ExtractorConfig, UnknownModelError, _with_codebook
 from retrieval.vision.features import ImageFeatures, LocalFeatures
 from tests.vision.test_compact import DIM, clustered_cells
 
@@ -29,6 +31,14 @@ class Cells(Extractor):
             scales=np.full(50, 16.0, np.float32),
         )
         return ImageFeatures(global_descriptor=np.eye(8, dtype=np.float32)[0], local=local)
+
+
+def cells_config(cache_dir: Path, codebook: Path) -> ExtractorConfig:
+    return ExtractorConfig(
+        spec="cells", cache_dir=cache_dir, global_image_size=0, global_scales=(1.0,), max_keypoints=0,
+        max_local_cells=0, query_scales=(1.0,), dense_fine_size=0, dense_fine_cells=0, dense_coarse_cells=0,
+        dense_query_fine_cells=0, dense_query_coarse_cells=0, local_codebook=codebook,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -58,26 +68,14 @@ def test_a_codebook_for_other_dimensions_is_refused(codebook: compact.Codebook) 
 
 
 def test_an_unreadable_codebook_file_is_a_model_error(tmp_path) -> None:
-    from retrieval.vision.extractors.registry import ExtractorConfig
-
     (tmp_path / "bad.npz").write_bytes(b"not a codebook")
-    config = ExtractorConfig(
-        spec="cells", cache_dir=tmp_path, global_image_size=0, global_scales=(1.0,), max_keypoints=0,
-        max_local_cells=0, query_scales=(1.0,), dense_fine_size=0, dense_fine_cells=0, dense_coarse_cells=0,
-        dense_query_fine_cells=0, dense_query_coarse_cells=0, local_codebook=tmp_path / "bad.npz",
-    )  # fmt: skip
+    config = cells_config(tmp_path, tmp_path / "bad.npz")
     with pytest.raises(UnknownModelError, match="cannot read the local-feature codebook"):
         _with_codebook(Cells(), config)
 
 
 def test_the_codebook_in_use_is_kept_in_the_model_cache(codebook: compact.Codebook, tmp_path) -> None:
-    from retrieval.vision.extractors.registry import ExtractorConfig
-
     codebook.save(tmp_path / "book.npz")
-    config = ExtractorConfig(
-        spec="cells", cache_dir=tmp_path, global_image_size=0, global_scales=(1.0,), max_keypoints=0,
-        max_local_cells=0, query_scales=(1.0,), dense_fine_size=0, dense_fine_cells=0, dense_coarse_cells=0,
-        dense_query_fine_cells=0, dense_query_coarse_cells=0, local_codebook=tmp_path / "book.npz",
-    )  # fmt: skip
+    config = cells_config(tmp_path, tmp_path / "book.npz")
     _with_codebook(Cells(), config)
     assert (tmp_path / "codebooks" / f"{codebook.digest.hex()}.npz").exists()
