@@ -146,10 +146,10 @@ def local_feature_sample(*, catalog: Catalog, limit: int) -> tuple[FeatureModel 
     if model is None:
         return None, []
     rows = ImageDescriptor.objects.filter(catalog=catalog, model=model)
-    total = rows.count()
-    step = max(1, total // max(limit, 1))
-    ids = list(rows.order_by("image_id").values_list("image_id", flat=True)[::step][:limit])
-    blobs = rows.filter(image_id__in=ids).values_list("local_features", flat=True)
+    ids = list(rows.order_by("image_id").values_list("image_id", flat=True))
+    if len(ids) > limit:
+        ids = [ids[i] for i in np.unique(np.linspace(0, len(ids) - 1, limit).round().astype(int))]
+    blobs = rows.filter(image_id__in=ids).order_by("image_id").values_list("local_features", flat=True)
     return model, [bytes(blob) for blob in blobs]
 
 

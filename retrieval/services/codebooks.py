@@ -13,6 +13,7 @@ from retrieval import selectors
 from retrieval.errors import InvalidInput
 from retrieval.models import Catalog
 from retrieval.vision import compact
+from retrieval.vision.features import FeatureFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +43,13 @@ def codebook_train(
     model, blobs = selectors.local_feature_sample(catalog=catalog, limit=images)
     if model is None:
         raise InvalidInput(f"catalog {catalog.name} has no indexed photos to learn from")
+    if not blobs:
+        raise InvalidInput(f"catalog {catalog.name} has no stored features of {model} to learn from")
     codec = compact.LocalCodec(library=settings.MODEL_DIR / "codebooks")
-    cells = np.concatenate([codec.decode(blob).descriptors for blob in blobs])
+    try:
+        cells = np.concatenate([codec.decode(blob).descriptors for blob in blobs])
+    except FeatureFormatError as exc:
+        raise InvalidInput(f"stored features of {catalog.name} cannot be read: {exc}") from None
     needed = MIN_CELLS_PER_CENTROID * 256
     if len(cells) < needed:
         raise InvalidInput(f"{len(cells)} local features in {len(blobs)} photos; a codebook needs at least {needed}")

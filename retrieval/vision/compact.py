@@ -16,9 +16,14 @@ codebook's digest and refuses to decode with another one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import logging
+import os
+import tempfile
 import re
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,7 @@ _HEADER = struct.Struct("<4s4sIHHBf")
 # cells in the level, cell size, then the grid: step x, step y, columns (0, 0, 0: x and y stored)
 _LEVEL = struct.Struct("<IfffH")
 _MAX_LEVELS = 255
+logger = logging.getLogger(__name__)
 _SPEC = re.compile(r"^(?P<kind>pq|opq)(?P<m>\d+)$")
 
 
@@ -72,9 +78,9 @@ class Codebook:
     def subquantizers(self) -> int:
         return int(self.centroids.shape[0])
 
-    @property
+    @functools.cached_property
     def digest(self) -> bytes:
-        """4 bytes that tell codebooks apart (stored in each blob)."""
+        """4 bytes that tell codebooks apart (stored in each blob; hashed once)."""
         h = hashlib.sha256(np.ascontiguousarray(self.centroids, "<f4").tobytes())
         if self.rotation is not None:
             h.update(np.ascontiguousarray(self.rotation, "<f4").tobytes())
@@ -87,11 +93,21 @@ class Codebook:
         with open(path, "wb") as handle:
             np.savez(handle, **arrays)
 
+    def __post_init__(self) -> None:
+        if self.centroids.ndim != 3 or not 1 <= self.centroids.shape[1] <= 256:
+            raise ValueError(f"centroids must be (M, <=256, D / M), got {self.centroids.shape}")
+        if self.rotation is not None and self.rotation.shape != (self.dim, self.dim):
+            raise ValueError(f"the rotation must be ({self.dim}, {self.dim}), got {self.rotation.shape}")
+
     @classmethod
     def load(cls, path: Path) -> Codebook:
-        with np.load(path) as data:
-            rotation = data["rotation"].astype(np.float32) if "rotation" in data else None
-            return cls(centroids=data["centroids"].astype(np.float32), rotation=rotation)
+        """Raises ValueError for anything but a codebook file that :meth:`save` wrote."""
+        try:
+            with np.load(path) as data:
+                rotation = data["rotation"].astype(np.float32) if "rotation" in data else None
+                return cls(centroids=data["centroids"].astype(np.float32), rotation=rotation)
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path} is not a codebook: {exc}") from None
 
     def codes(self, descriptors: np.ndarray) -> np.ndarray:
         """(N, D) float32 -> (N, M) uint8, the nearest centroid of each sub-vector."""
@@ -112,7 +128,7 @@ class Codebook:
     def reconstruct(self, codes: np.ndarray) -> np.ndarray:
         """(N, M) uint8 -> (N, D) float32 unit rows (in the original, unrotated space)."""
         m = self.subquantizers
-        x = self.centroids[np.arange(m), codes.astype(np.intp)].reshape(len(codes), -1)
+        x = self.centroids[np.arange(m), codes.astype(np.intp)].reshape(len(codes), self.dim)
         if self.rotation is not None:
             x = x @ self.rotation
         norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -159,9 +175,10 @@ def encode(features: LocalFeatures, codebook: Codebook) -> bytes:
             levels[-1] = (levels[-1][0] + 1, scale)
         else:
             levels.append((1, scale))
-    per_row = len(levels) > _MAX_LEVELS
+    # a level costs a table entry: features that each have their own size go per row
+    per_row = len(levels) > _MAX_LEVELS or len(levels) * _LEVEL.size > 2 * len(features)
     peak = float(features.keypoints.max()) if len(features) else 0.0
-    unit = max(1.0, peak / 65535.0) if np.isfinite(peak) else 1.0
+    unit = peak / 65535.0 if np.isfinite(peak) and peak > 0 else 1.0
     parts = [
         _HEADER.pack(
             MAGIC, codebook.digest, len(features), features.dim, codebook.subquantizers,
@@ -214,7 +231,7 @@ def _grid(keypoints: np.ndarray) -> tuple[float, float, int, np.ndarray] | None:
         cells.append(cell.astype(np.int64))
         steps.append(step)
     columns = int(cells[0].max()) + 1
-    if columns * (int(cells[1].max()) + 1) > 65536:
+    if columns > 65535 or columns * (int(cells[1].max()) + 1) > 65536:
         return None
     return steps[0], steps[1], columns, cells[1] * columns + cells[0]
 
@@ -317,11 +334,16 @@ class LocalCodec:
         if self.codebook is None or self.library is None:
             return
         path = self.library / f"{self.codebook.digest.hex()}.npz"
-        if not path.exists():
+        if path.exists():
+            return
+        try:  # several workers may start at once: each writes its own file, then renames
             self.library.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(".tmp")
-            self.codebook.save(partial)
-            partial.replace(path)
+            handle, partial = tempfile.mkstemp(dir=self.library, suffix=".tmp")
+            os.close(handle)
+            self.codebook.save(Path(partial))
+            os.replace(partial, path)
+        except OSError:
+            logger.warning("could not keep a copy of codebook %s in %s", self.codebook.digest.hex(), self.library)
 
     def encode(self, features: LocalFeatures) -> bytes:
         if self.codebook is not None:
@@ -344,5 +366,8 @@ class LocalCodec:
                 raise FeatureFormatError(
                     f"the codebook {digest.hex()} that wrote this row is not available; reindex the catalog"
                 )
-            self._known[digest] = Codebook.load(path)
+            try:
+                self._known[digest] = Codebook.load(path)
+            except ValueError as exc:
+                raise FeatureFormatError(f"the codebook {digest.hex()} is unreadable: {exc}") from None
         return self._known[digest]

@@ -162,3 +162,31 @@ def test_cells_of_a_grid_take_two_bytes_of_keypoint_and_come_back_exactly(codebo
     assert len(blob) == 21 + 2 * 18 + 400 * (2 + 4)
     assert np.abs(back.keypoints - features.keypoints).max() < 1e-3
     assert np.array_equal(back.scales, features.scales)
+
+
+def test_a_photo_without_features_round_trips(codebook: compact.Codebook) -> None:
+    back = compact.decode(compact.encode(LocalFeatures.empty(DIM), codebook), codebook)
+    assert len(back) == 0 and back.descriptors.shape == (0, DIM)
+
+
+def test_a_grid_too_wide_for_sixteen_bits_falls_back_to_x_and_y(codebook: compact.Codebook) -> None:
+    features = LocalFeatures(
+        keypoints=np.array([[0.5, 0.5], [1.5, 0.5], [65535.5, 0.5]], np.float32),
+        descriptors=clustered_cells(3),
+        scores=np.zeros(3, np.float32),
+        scales=np.ones(3, np.float32),
+    )
+    back = compact.decode(compact.encode(features, codebook), codebook)
+    assert np.abs(back.keypoints - features.keypoints).max() <= 1.0
+
+
+@pytest.mark.parametrize("content", [b"not a codebook", b""])
+def test_a_file_that_is_not_a_codebook_is_refused(tmp_path, content: bytes) -> None:
+    (tmp_path / "bad.npz").write_bytes(content)
+    with pytest.raises(ValueError, match="is not a codebook"):
+        compact.Codebook.load(tmp_path / "bad.npz")
+
+
+def test_a_codebook_with_more_than_256_centroids_is_refused() -> None:
+    with pytest.raises(ValueError, match="<=256"):
+        compact.Codebook(centroids=np.zeros((4, 300, 4), np.float32))

@@ -25,6 +25,7 @@ class CodebookExtractor(Extractor):
             )
         self.inner = inner
         self._codec = codec
+        self.descriptor_dtype = inner.descriptor_dtype  # type: ignore[misc]
 
     @property
     def codec(self) -> LocalCodec:

@@ -290,7 +290,7 @@ def _with_codebook(extractor: Extractor, config: ExtractorConfig) -> Extractor:
     path = config.local_codebook
     try:
         codebook = Codebook.load(path)  # type: ignore[arg-type]
-    except (OSError, ValueError, KeyError) as exc:
+    except ValueError as exc:
         raise UnknownModelError(f"cannot read the local-feature codebook {path}: {exc}") from None
     codec = LocalCodec(codebook=codebook, library=config.cache_dir / "codebooks")
     try:
