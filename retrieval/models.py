@@ -37,7 +37,7 @@ class FeatureModel(models.Model):
 
     @property
     def hnsw_index_name(self) -> str:
-        return f"retrieval_descriptor_ann_m{self.pk}"
+        return f"retrieval_descriptor_plain_m{self.pk}"
 
 
 class Catalog(models.Model):
@@ -154,7 +154,9 @@ class ImportJob(models.Model):
     """
 
     catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="import_jobs")
-    source = models.CharField(max_length=300, blank=True, help_text="Where the files came from (a path, 'api', 'admin').")
+    source = models.CharField(
+        max_length=300, blank=True, help_text="Where the files came from (a path, 'api', 'admin')."
+    )
     submitted = models.PositiveIntegerField(default=0, help_text="Files or rows offered.")
     duplicates = models.PositiveIntegerField(default=0, help_text="Already in the catalog (same sha256).")
     refused = models.JSONField(default=list, blank=True, help_text="[{'name': ..., 'error': ...}] not stored.")
@@ -213,7 +215,9 @@ class CatalogImage(models.Model):
     claimed_by = models.CharField(max_length=64, blank=True, default="", db_default="")
     claimed_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0, db_default=0, help_text="Claims so far; capped (a file that kills workers).")
+    attempts = models.PositiveSmallIntegerField(
+        default=0, db_default=0, help_text="Claims so far; capped (a file that kills workers)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     indexed_at = models.DateTimeField(null=True, blank=True)
@@ -232,7 +236,9 @@ class ImageDescriptor(models.Model):
 
     ``embedding`` is an L2-normalised ``halfvec`` without a fixed dimension so that models
     of different widths (up to 4000, pgvector's halfvec HNSW limit) coexist; each model
-    has a partial expression index ``(embedding::halfvec(D)) WHERE model_id = M``.
+    has a partial expression index ``(embedding::halfvec(D)) WHERE model_id = M``. The
+    row's DBA descriptor lives in :class:`DescriptorAugmentation`, outside this table, so
+    that refreshing it never writes to the HNSW index.
     ``local_features`` is the blob of ``retrieval.vision.features.LocalFeatures``.
     """
 
@@ -240,9 +246,6 @@ class ImageDescriptor(models.Model):
     catalog = models.ForeignKey(Catalog, on_delete=models.CASCADE, related_name="+")
     model = models.ForeignKey(FeatureModel, on_delete=models.PROTECT, related_name="descriptors")
     embedding = HalfVectorField()
-    embedding_aug = HalfVectorField(
-        null=True, blank=True, help_text="Database-side augmented descriptor (see vision.expansion); searched when set."
-    )
     local_features = models.BinaryField()
     num_local = models.PositiveIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -252,6 +255,22 @@ class ImageDescriptor(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["image", "model"], name="descriptor_unique_image_model")]
         indexes = [models.Index(fields=["model", "catalog"], name="descriptor_model_catalog")]
+
+
+class DescriptorAugmentation(models.Model):
+    """The database-side augmented (DBA) descriptor of one descriptor row
+    (``services.augmentation``): the shortlist re-ranks the HNSW index's pool by it.
+
+    A table of its own because an UPDATE of the descriptor row would insert the row into
+    the HNSW index again (PostgreSQL updates every index of a row that cannot be updated
+    in place), which made each new photo's neighbour refresh cost one graph insert per
+    rewritten neighbour.
+    """
+
+    descriptor = models.OneToOneField(
+        ImageDescriptor, on_delete=models.CASCADE, primary_key=True, related_name="augmentation"
+    )
+    embedding = HalfVectorField()
 
 
 class SearchQuery(models.Model):
@@ -289,7 +308,9 @@ class SearchQuery(models.Model):
     claimed_by = models.CharField(max_length=64, blank=True, default="", db_default="")
     claimed_at = models.DateTimeField(null=True, blank=True)
     queued_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0, db_default=0, help_text="Claims so far; capped (a file that kills workers).")
+    attempts = models.PositiveSmallIntegerField(
+        default=0, db_default=0, help_text="Claims so far; capped (a file that kills workers)."
+    )
     created_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
 

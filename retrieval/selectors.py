@@ -15,6 +15,7 @@ from django.utils import timezone
 from retrieval.models import (
     Catalog,
     CatalogImage,
+    DescriptorAugmentation,
     FeatureModel,
     ImageDescriptor,
     ImportJob,
@@ -33,25 +34,31 @@ class Candidate:
 
 
 def search_vector_sql(model: FeatureModel, alias: str = "") -> str:
-    """The indexed expression: the DBA descriptor where computed, else the plain one
-    (``alias``: the table's alias in the query, if it has one)."""
+    """The indexed expression: the plain descriptor at the model's width (``alias``: the
+    table's alias in the query, if it has one)."""
     prefix = f"{alias}." if alias else ""
-    return f"(COALESCE({prefix}embedding_aug, {prefix}embedding)::halfvec({int(model.global_dim)}))"
+    return f"({prefix}embedding::halfvec({int(model.global_dim)}))"
 
 
 def shortlist_sql(model: FeatureModel) -> str:
-    """The nearest-neighbour query served by the model's partial HNSW index.
+    """The nearest-neighbour query: the model's partial HNSW index proposes the
+    ``%(pool)s`` nearest rows by the plain descriptor, which are re-ranked by their DBA
+    descriptor where one is set (``DescriptorAugmentation``).
 
-    The ORDER BY expression and the ``model_id`` predicate match the index definition in
-    ``services.feature_model_ensure`` exactly; otherwise PostgreSQL cannot use it.
+    The inner ORDER BY expression and the ``model_id`` predicate match the index
+    definition in ``services.feature_model_ensure`` exactly; otherwise PostgreSQL cannot
+    use it.
     """
     dim = int(model.global_dim)
     table = ImageDescriptor._meta.db_table
+    augmentation = DescriptorAugmentation._meta.db_table
     vector = search_vector_sql(model)
     return (
-        f"SELECT image_id, {vector} <=> %(q)s::halfvec({dim}) AS distance "
-        f"FROM {table} WHERE model_id = {int(model.pk)} AND catalog_id = %(catalog)s "
-        f"ORDER BY {vector} <=> %(q)s::halfvec({dim}) LIMIT %(limit)s"
+        f"SELECT p.image_id, COALESCE(a.embedding, p.embedding)::halfvec({dim}) <=> %(q)s::halfvec({dim}) AS distance "
+        f"FROM (SELECT id, image_id, embedding FROM {table} WHERE model_id = {int(model.pk)} AND catalog_id = %(catalog)s "
+        f"ORDER BY {vector} <=> %(q)s::halfvec({dim}) LIMIT %(pool)s) p "
+        f"LEFT JOIN {augmentation} a ON a.descriptor_id = p.id "
+        f"ORDER BY distance, p.image_id LIMIT %(limit)s"
     )
 
 
@@ -72,12 +79,14 @@ def plain_similarities(*, model: FeatureModel, image_ids: list[int], query: np.n
 
 def descriptor_vectors(*, model: FeatureModel, image_ids: list[int], augmented: bool) -> dict[int, np.ndarray]:
     """Global descriptors by image id: (D,) float32; ``augmented`` prefers the DBA ones."""
-    rows = ImageDescriptor.objects.filter(model=model, image_id__in=image_ids).values_list(
-        "image_id", "embedding", "embedding_aug"
-    )
+    rows = ImageDescriptor.objects.filter(model=model, image_id__in=image_ids)
+    if not augmented:
+        return {
+            image_id: np.asarray(plain, np.float32) for image_id, plain in rows.values_list("image_id", "embedding")
+        }
     return {
-        image_id: np.asarray(aug if (augmented and aug is not None) else plain, np.float32)
-        for image_id, plain, aug in rows
+        image_id: np.asarray(plain if aug is None else aug, np.float32)
+        for image_id, plain, aug in rows.values_list("image_id", "embedding", "augmentation__embedding")
     }
 
 
@@ -88,8 +97,10 @@ def descriptor_shortlist(
 
     Args:
         query: (D,) float32, L2-normalised, D == model.global_dim.
-    Uses pgvector's iterative index scan so that filtering by catalog still returns
-    ``limit`` rows when several catalogs share the index.
+    The index proposes ``max(limit, ef_search)`` rows by the plain descriptor and they
+    are re-ranked by the DBA descriptors (:func:`shortlist_sql`). Uses pgvector's
+    iterative index scan so that filtering by catalog still fills the pool when several
+    catalogs share the index.
     """
     if query.shape != (model.global_dim,):
         raise ValueError(f"query descriptor must be ({model.global_dim},), got {query.shape}")
@@ -97,9 +108,10 @@ def descriptor_shortlist(
     with transaction.atomic(), connection.cursor() as cursor:
         # ef_search is capped at pgvector's maximum (1000); the iterative scan returns
         # more rows than ef_search when the limit asks for them.
-        cursor.execute("SET LOCAL hnsw.ef_search = %s", [min(1000, max(ef_search, limit))])
+        pool = max(ef_search, limit)
+        cursor.execute("SET LOCAL hnsw.ef_search = %s", [min(1000, pool)])
         cursor.execute("SET LOCAL hnsw.iterative_scan = strict_order")
-        cursor.execute(shortlist_sql(model), {"q": vector, "catalog": catalog.pk, "limit": limit})
+        cursor.execute(shortlist_sql(model), {"q": vector, "catalog": catalog.pk, "limit": limit, "pool": pool})
         rows = cursor.fetchall()
     return [Candidate(image_id=row[0], similarity=1.0 - float(row[1])) for row in rows]
 
@@ -111,8 +123,8 @@ def nearest_earlier_image(
     ``query`` among the ``limit`` nearest by the HNSW index, leaving out ``image_id``
     and images added after it (a near duplicate points at the earlier photo).
 
-    Two cheap queries: the indexed shortlist (which ranks by the augmented descriptors
-    where they exist) and the plain cosine of its few rows.
+    Two cheap queries: the shortlist (whose order follows the augmented descriptors where
+    they exist) and the plain cosine of its few rows.
     """
     found = descriptor_shortlist(catalog=catalog, model=model, query=query, limit=limit + 1)
     ids = [c.image_id for c in found if c.image_id < image_id]
@@ -230,9 +242,9 @@ def import_job_progress(*, job: ImportJob) -> JobProgress:
     failed = counts.get(CatalogImage.Status.FAILED, 0)
     total = sum(counts.values())
     recent = list(
-        job.images.filter(indexed_at__isnull=False).order_by("-indexed_at").values_list("indexed_at", flat=True)[
-            :RATE_WINDOW
-        ]
+        job.images.filter(indexed_at__isnull=False)
+        .order_by("-indexed_at")
+        .values_list("indexed_at", flat=True)[:RATE_WINDOW]
     )
     rate = _rate(len(recent) - 1, (recent[0] - recent[-1]).total_seconds()) if len(recent) >= 2 else None
     running = done + failed < total or job.finished_at is None

@@ -50,7 +50,7 @@ def _catalog_stats(catalog: Catalog) -> dict[str, Any]:
 
     The byte figures cover the active model's rows (all rows while ``active_model`` is
     None): ``local_bytes_*`` is ``octet_length(local_features)``, ``global_bytes_per_image``
-    the mean of ``pg_column_size(embedding)`` plus that of ``embedding_aug`` when set.
+    the mean of ``pg_column_size(embedding)`` plus that of its DBA descriptor when set.
     Means are None when there are no rows.
     """
     status = selectors.catalog_status_counts(catalog=catalog)
@@ -63,7 +63,7 @@ def _catalog_stats(catalog: Catalog) -> dict[str, Any]:
         local_max=Max(_sql_function("octet_length", "local_features")),
         global_mean=Avg(
             _sql_function("pg_column_size", "embedding")
-            + Coalesce(_sql_function("pg_column_size", "embedding_aug"), Value(0))
+            + Coalesce(_sql_function("pg_column_size", "augmentation__embedding"), Value(0))
         ),
     )
     models = (

@@ -237,6 +237,6 @@ def test_the_catalog_is_augmented_once_indexing_is_done(indexed_catalog: Catalog
         assert time.monotonic() < deadline, "no DBA refresh ran after the import"
         time.sleep(0.2)
     rows = ImageDescriptor.objects.filter(catalog=indexed_catalog)
-    assert rows.filter(embedding_aug__isnull=True).count() == 0
-    for row in rows:
-        assert np.linalg.norm(np.asarray(row.embedding_aug, np.float32)) == pytest.approx(1.0, abs=1e-2)
+    assert rows.filter(augmentation__isnull=True).count() == 0
+    for vector in rows.values_list("augmentation__embedding", flat=True):
+        assert np.linalg.norm(np.asarray(vector, np.float32)) == pytest.approx(1.0, abs=1e-2)

@@ -354,7 +354,8 @@ def test_sixteen_searching_clients_do_not_starve_the_site(site: Site) -> None:
 
 def _vectors(site: Site, catalog: str, column: str) -> np.ndarray:
     rows = site.sql(
-        f"SELECT d.{column}::text FROM retrieval_imagedescriptor d JOIN retrieval_catalog c ON c.id = d.catalog_id "
+        f"SELECT {column}::text FROM retrieval_imagedescriptor d JOIN retrieval_catalog c ON c.id = d.catalog_id "
+        "LEFT JOIN retrieval_descriptoraugmentation a ON a.descriptor_id = d.id "
         "WHERE c.name = %s ORDER BY d.image_id",
         catalog,
     )
@@ -406,6 +407,6 @@ def test_a_second_index_worker_with_its_own_data_folder_shares_an_import(site: S
     assert site.tail().count("succeeded in") > first_worker_done  # the first worker took some too
     assert _descriptor_rows_per_image(site, "two-workers") == [1] * len(REAL_PHOTOS)
     assert _extracted_again(site, "two-workers") == 0
-    plain = _vectors(site, "two-workers", "embedding")
+    plain = _vectors(site, "two-workers", "d.embedding")
     expected = database_side_augmentation(plain, neighbours=10)
-    assert np.allclose(_vectors(site, "two-workers", "embedding_aug"), expected, atol=3e-3)
+    assert np.allclose(_vectors(site, "two-workers", "a.embedding"), expected, atol=3e-3)

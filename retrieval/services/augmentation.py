@@ -1,7 +1,8 @@
 """Database-side augmentation (DBA) of a catalog's stored global descriptors.
 
-Each row's ``embedding_aug`` is the weighted mean of its k nearest plain descriptors
-(``vision.expansion``). Two ways to keep it current:
+Each row's DBA descriptor (``DescriptorAugmentation``, a table apart from the indexed
+rows) is the weighted mean of its k nearest plain descriptors (``vision.expansion``). Two
+ways to keep it current:
 
 - **incremental** (new or re-extracted rows, the usual case): each changed row finds its
   neighbours through the model's HNSW index, and the rows it joined as a neighbour are
@@ -12,9 +13,9 @@ Each row's ``embedding_aug`` is the weighted mean of its k nearest plain descrip
   ``LANDMARKS_DBA_EXACT_MAX_ROWS`` the kNN is exact (numpy blocks), above it every row
   goes through the index like the incremental path.
 
-The index orders by the augmented descriptor where one is set, so it only proposes a pool
-of candidates (``POOL_FACTOR`` x k); they are re-ranked by the plain cosine, which is what
-DBA is defined on.
+The HNSW index is on the plain descriptor, which is what DBA is defined on, and writing a
+DBA descriptor never touches it: the cost of a new photo is its neighbours' queries and a
+few small row writes, not graph inserts.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from django.db.models import Q
 from django.utils import timezone
 
 from retrieval import selectors
-from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescriptor
+from retrieval.models import Catalog, CatalogImage, DescriptorAugmentation, FeatureModel, ImageDescriptor
 
 logger = logging.getLogger(__name__)
 
-# Candidates the index proposes per row, as a multiple of k, before the plain re-ranking.
+# Before a deletion, the rows within this multiple of k of the deleted one are refreshed.
 POOL_FACTOR = 3
 # Rows per batched kNN query and per write.
 BATCH_ROWS = 200
@@ -81,7 +82,7 @@ def descriptors_augment(*, catalog: Catalog, model: FeatureModel, since: object,
     if since is None:
         return _augment_full(catalog=catalog, model=model, neighbours=neighbours, total=total)
     changed = list(
-        rows.filter(Q(embedding_aug__isnull=True) | Q(updated_at__gt=since)).values_list("image_id", flat=True)
+        rows.filter(Q(augmentation__isnull=True) | Q(updated_at__gt=since)).values_list("image_id", flat=True)
     )
     if not changed:
         return 0
@@ -135,7 +136,7 @@ def _augment_exact(*, catalog: Catalog, model: FeatureModel, neighbours: int) ->
 
 
 def _augment_rows(*, catalog: Catalog, model: FeatureModel, image_ids: list[int], neighbours: int) -> set[int]:
-    """Recompute ``embedding_aug`` of these rows from their k nearest plain descriptors
+    """Recompute the DBA descriptors of these rows from their k nearest plain descriptors
     found through the index; returns the neighbours' image ids."""
     from retrieval.vision.expansion import augment_from_neighbours
 
@@ -159,9 +160,11 @@ def _augment_rows(*, catalog: Catalog, model: FeatureModel, image_ids: list[int]
             stack[row, col] = plain[other]
             sims[row, col] = similarity
     augmented = augment_from_neighbours(stack, sims, alpha=settings.LANDMARKS_EXPANSION_ALPHA)
-    # A row that the new one did not enter keeps its neighbours and so its descriptor;
-    # rewriting it would cost an HNSW insert for nothing (the index is on this column).
-    current = dict(ImageDescriptor.objects.filter(pk__in=[pk_of[i] for i in order]).values_list("pk", "embedding_aug"))
+    # A row that the new one did not enter keeps its neighbours and so its descriptor:
+    # no write for it.
+    current = dict(
+        DescriptorAugmentation.objects.filter(pk__in=[pk_of[i] for i in order]).values_list("pk", "embedding")
+    )
     changed = [
         row for row, image_id in enumerate(order)
         if current.get(pk_of[image_id]) is None
@@ -175,25 +178,24 @@ def nearest_plain(
     *, catalog: Catalog, model: FeatureModel, image_ids: list[int], neighbours: int
 ) -> dict[int, list[tuple[int, float]]]:
     """For each row, its ``neighbours`` nearest rows of the catalog by plain cosine (itself
-    first), from a pool the model's HNSW index proposes: one query for the whole batch."""
+    first), through the model's HNSW index: one query for the whole batch."""
     if not image_ids:
         return {}
     dim = int(model.global_dim)
     table = ImageDescriptor._meta.db_table
     indexed = selectors.search_vector_sql(model, alias="d")  # the index's expression
-    pool = max(POOL_FACTOR * neighbours, neighbours + 1)
     sql = (
         f"SELECT q.image_id, n.image_id, n.similarity FROM {table} q CROSS JOIN LATERAL ("
-        f" SELECT d.image_id, 1 - (d.embedding::halfvec({dim}) <=> q.embedding::halfvec({dim})) AS similarity"
+        f" SELECT d.image_id, 1 - ({indexed} <=> q.embedding::halfvec({dim})) AS similarity"
         f" FROM {table} d WHERE d.model_id = {int(model.pk)} AND d.catalog_id = %(catalog)s"
-        f" ORDER BY {indexed} <=> q.embedding::halfvec({dim}) LIMIT %(pool)s) n"
+        f" ORDER BY {indexed} <=> q.embedding::halfvec({dim}) LIMIT %(neighbours)s) n"
         f" WHERE q.model_id = {int(model.pk)} AND q.image_id = ANY(%(ids)s)"
     )
     found: dict[int, list[tuple[int, float]]] = {image_id: [] for image_id in image_ids}
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL hnsw.ef_search = %s", [min(1000, max(40, pool))])
+        cursor.execute("SET LOCAL hnsw.ef_search = %s", [min(1000, max(40, neighbours))])
         cursor.execute("SET LOCAL hnsw.iterative_scan = strict_order")
-        cursor.execute(sql, {"catalog": catalog.pk, "pool": pool, "ids": list(image_ids)})
+        cursor.execute(sql, {"catalog": catalog.pk, "neighbours": neighbours, "ids": list(image_ids)})
         for image_id, other, similarity in cursor.fetchall():
             found[image_id].append((other, float(similarity)))
     result = {}
@@ -207,10 +209,12 @@ def nearest_plain(
 
 
 def _write(pks: list[int], augmented: np.ndarray) -> None:
-    objects = [ImageDescriptor(pk=pk, embedding_aug=augmented[i]) for i, pk in enumerate(pks)]
+    """Insert or replace the DBA descriptors of descriptor rows ``pks``: (len(pks), D)."""
+    objects = [DescriptorAugmentation(descriptor_id=pk, embedding=augmented[i]) for i, pk in enumerate(pks)]
     with transaction.atomic():
-        # bulk_update leaves updated_at alone: augmenting a row does not make it "changed".
-        ImageDescriptor.objects.bulk_update(objects, ["embedding_aug"], batch_size=500)
+        DescriptorAugmentation.objects.bulk_create(
+            objects, batch_size=500, update_conflicts=True, unique_fields=["descriptor"], update_fields=["embedding"]
+        )
 
 
 def _batches(ids: list[int]) -> Iterator[list[int]]:

@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 
 from retrieval import selectors
-from retrieval.models import FeatureModel
+from retrieval.models import DescriptorAugmentation, FeatureModel
 from tests.factories import CatalogFactory, ImageDescriptorFactory, feature_model_with_index
 
 pytestmark = pytest.mark.django_db
@@ -47,6 +47,19 @@ def test_shortlist_returns_nearest_images_first_with_cosine_similarity(model: Fe
     assert result[-1].similarity == pytest.approx(-1.0, abs=2e-3)
 
 
+def test_shortlist_ranks_the_index_pool_by_the_augmented_descriptors(model: FeatureModel) -> None:
+    catalog = CatalogFactory()
+    query = _unit([1, 0, 0, 0, 0, 0, 0, 0])
+    plain_nearer = ImageDescriptorFactory(
+        image__catalog=catalog, model=model, embedding=_unit([1, 0.3, 0, 0, 0, 0, 0, 0])
+    )
+    augmented = ImageDescriptorFactory(image__catalog=catalog, model=model, embedding=_unit([1, 0, 0.6, 0, 0, 0, 0, 0]))
+    DescriptorAugmentation.objects.create(descriptor=augmented, embedding=query)
+    result = selectors.descriptor_shortlist(catalog=catalog, model=model, query=query, limit=10)
+    assert [c.image_id for c in result] == [augmented.image_id, plain_nearer.image_id]
+    assert result[0].similarity == pytest.approx(1.0, abs=2e-3)
+
+
 def test_shortlist_stays_within_the_catalog_and_the_model(model: FeatureModel) -> None:
     mine, other = CatalogFactory(), CatalogFactory()
     query = _unit([1, 0, 0, 0, 0, 0, 0, 0])
@@ -76,7 +89,9 @@ def test_shortlist_query_uses_the_hnsw_index(model: FeatureModel) -> None:
         )
         cursor.execute("ANALYZE retrieval_imagedescriptor")
         vector = "[" + ",".join(["0.35"] * 8) + "]"
-        cursor.execute("EXPLAIN " + selectors.shortlist_sql(model), {"q": vector, "catalog": catalog.pk, "limit": 100})
+        cursor.execute(
+            "EXPLAIN " + selectors.shortlist_sql(model), {"q": vector, "catalog": catalog.pk, "limit": 100, "pool": 200}
+        )
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert f"Index Scan using {model.hnsw_index_name}" in plan, plan
 

@@ -47,9 +47,16 @@ def test_the_shortlist_ranks_2048_d_descriptors_through_the_index(model: Feature
     catalog = CatalogFactory()
     rng = np.random.default_rng(0)
     query = _unit(rng.normal(size=DIM))
-    near = ImageDescriptorFactory(image__catalog=catalog, model=model, embedding=_unit(query + 0.01 * rng.normal(size=DIM)))
-    mid = ImageDescriptorFactory(image__catalog=catalog, model=model, embedding=_unit(query + rng.normal(size=DIM) / 40))
-    others = [ImageDescriptorFactory(image__catalog=catalog, model=model, embedding=_unit(rng.normal(size=DIM))) for _ in range(8)]
+    near = ImageDescriptorFactory(
+        image__catalog=catalog, model=model, embedding=_unit(query + 0.01 * rng.normal(size=DIM))
+    )
+    mid = ImageDescriptorFactory(
+        image__catalog=catalog, model=model, embedding=_unit(query + rng.normal(size=DIM) / 40)
+    )
+    others = [
+        ImageDescriptorFactory(image__catalog=catalog, model=model, embedding=_unit(rng.normal(size=DIM)))
+        for _ in range(8)
+    ]
     result = selectors.descriptor_shortlist(catalog=catalog, model=model, query=query, limit=5)
     assert [c.image_id for c in result[:2]] == [near.image_id, mid.image_id]
     assert len(result) == 5 and {c.image_id for c in result[2:]} <= {d.image_id for d in others}
@@ -60,7 +67,9 @@ def test_the_shortlist_ranks_2048_d_descriptors_through_the_index(model: Feature
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
         cursor.execute("SET LOCAL enable_sort = off")
-        cursor.execute("EXPLAIN " + selectors.shortlist_sql(model), {"q": vector, "catalog": catalog.pk, "limit": 5})
+        cursor.execute(
+            "EXPLAIN " + selectors.shortlist_sql(model), {"q": vector, "catalog": catalog.pk, "limit": 5, "pool": 5}
+        )
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert f"Index Scan using {model.hnsw_index_name}" in plan, plan
 

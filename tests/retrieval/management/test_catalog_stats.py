@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 
 from retrieval.management.commands.catalog_stats import Command
-from retrieval.models import Catalog, CatalogImage
+from retrieval.models import Catalog, CatalogImage, DescriptorAugmentation
 from tests.factories import CatalogFactory, CatalogImageFactory, FeatureModelFactory, ImageDescriptorFactory
 
 pytestmark = pytest.mark.django_db
@@ -29,9 +29,11 @@ def catalog_entry(stats: dict[str, Any], name: str) -> dict[str, Any]:
     return entry
 
 
-def add_descriptor(catalog: Catalog, *, local_bytes: int, model: Any, **fields: Any) -> None:
+def add_descriptor(catalog: Catalog, *, local_bytes: int, model: Any, augmented: np.ndarray | None = None) -> None:
     image = CatalogImageFactory(catalog=catalog)
-    ImageDescriptorFactory(image=image, model=model, local_features=b"x" * local_bytes, **fields)
+    row = ImageDescriptorFactory(image=image, model=model, local_features=b"x" * local_bytes)
+    if augmented is not None:
+        DescriptorAugmentation.objects.create(descriptor=row, embedding=augmented)
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def paris() -> Catalog:
     active, old = FeatureModelFactory(name="delg", version="v2"), FeatureModelFactory(name="delg", version="v1")
     catalog = CatalogFactory(name="paris", active_model=active)
     add_descriptor(catalog, local_bytes=1000, model=active)
-    add_descriptor(catalog, local_bytes=3000, model=active, embedding_aug=np.ones(8, dtype=np.float32))
+    add_descriptor(catalog, local_bytes=3000, model=active, augmented=np.ones(8, dtype=np.float32))
     add_descriptor(catalog, local_bytes=50_000, model=old)
     return catalog
 

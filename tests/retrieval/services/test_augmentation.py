@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from retrieval import services
 from retrieval.models import Catalog, FeatureModel, ImageDescriptor
@@ -34,7 +35,9 @@ def _add(catalog: Catalog, model: FeatureModel, vectors: np.ndarray) -> list[int
 
 def _augmented(model: FeatureModel, image_ids: list[int]) -> np.ndarray:
     rows = dict(
-        ImageDescriptor.objects.filter(model=model, image_id__in=image_ids).values_list("image_id", "embedding_aug")
+        ImageDescriptor.objects.filter(model=model, image_id__in=image_ids).values_list(
+            "image_id", "augmentation__embedding"
+        )
     )
     return np.stack([np.asarray(rows[i], np.float32) for i in image_ids])
 
@@ -89,6 +92,20 @@ def test_rows_far_from_the_new_ones_are_not_rewritten(model: FeatureModel) -> No
     assert np.array_equal(_augmented(model, old_ids)[untouched], before[untouched])
 
 
+def test_augmenting_rows_never_updates_the_indexed_descriptor_rows(model: FeatureModel) -> None:
+    """An UPDATE of a descriptor row would insert it into the HNSW index again: the DBA
+    descriptors are written to their own table."""
+    rng = np.random.default_rng(4)
+    catalog = CatalogFactory()
+    _add(catalog, model, _clusters(rng, 4, 6))
+    _augment(catalog)
+    _add(catalog, model, _clusters(rng, 1, 2))
+    assert _augment(catalog) > 2  # the new rows and some they joined
+    with connection.cursor() as cursor:  # this test's transaction so far
+        cursor.execute("SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'retrieval_imagedescriptor'")
+        assert cursor.fetchone() == (0,)
+
+
 def test_nearest_plain_ranks_by_plain_cosine_with_the_row_itself_first(model: FeatureModel) -> None:
     catalog = CatalogFactory()
     vectors = _clusters(np.random.default_rng(3), 4, 6)
@@ -106,7 +123,7 @@ def test_the_augment_command_rebuilds_every_row(model: FeatureModel, capsys) -> 
     ids = _add(catalog, model, _clusters(np.random.default_rng(4), 3, 5))
     call_command("augment", "--catalog", "rebuilt", "--here")
     assert "15 descriptors augmented" in capsys.readouterr().out
-    assert not ImageDescriptor.objects.filter(image_id__in=ids, embedding_aug__isnull=True).exists()
+    assert not ImageDescriptor.objects.filter(image_id__in=ids, augmentation__isnull=True).exists()
 
 
 def test_the_augment_command_names_an_unknown_catalog() -> None:
