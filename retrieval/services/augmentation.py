@@ -34,12 +34,14 @@ from retrieval.models import Catalog, CatalogImage, DescriptorAugmentation, Feat
 
 logger = logging.getLogger(__name__)
 
-# Before a deletion, the rows within this multiple of k of the deleted one are refreshed.
+# A row's DBA neighbours: (image id, cosine similarity), most similar first, itself first.
+Neighbours = list[tuple[int, float]]
+
+# A new row is offered to the stored lists of its POOL_FACTOR x k nearest rows, and before
+# a deletion these rows of the deleted one are marked for a refresh.
 POOL_FACTOR = 3
 # Rows per batched kNN query and per write.
 BATCH_ROWS = 200
-# A recomputed descriptor this close to the stored one is the same up to halfvec rounding.
-UNCHANGED_COSINE = 0.99995
 # A change of more than this share of a catalog's rows is augmented in full.
 INCREMENTAL_MAX_SHARE = 0.1
 
@@ -94,15 +96,64 @@ def descriptors_augment(*, catalog: Catalog, model: FeatureModel, since: object,
 def descriptors_augment_incremental(
     *, catalog: Catalog, model: FeatureModel, image_ids: list[int], neighbours: int
 ) -> int:
-    """Augment these rows from their index neighbours, then refresh the rows they joined
-    (each changed row's own neighbours: at most k per changed row). Returns rows written."""
-    joined: set[int] = set()
+    """Augment these rows from their neighbours found through the index, then merge each
+    into the stored neighbour lists of the rows near it (its ``POOL_FACTOR`` x k nearest:
+    a row it is a neighbour of need not be one of its own k nearest) and rewrite the rows
+    whose list changed. Returns rows written."""
+    changed = set(image_ids)
+    joined: dict[int, dict[int, float]] = {}  # row -> {changed row near it: cosine}
+    core: set[int] = set()  # rows among a changed row's own k nearest
+    written = 0
     for batch in _batches(image_ids):
-        joined |= _augment_rows(catalog=catalog, model=model, image_ids=batch, neighbours=neighbours)
-    refreshed = sorted(joined - set(image_ids))
-    for batch in _batches(refreshed):
-        _augment_rows(catalog=catalog, model=model, image_ids=batch, neighbours=neighbours)
-    return len(image_ids) + len(refreshed)
+        nearest = nearest_plain(catalog=catalog, model=model, image_ids=batch, neighbours=POOL_FACTOR * neighbours)
+        written += _augment_from_lists(model=model, lists={i: pairs[:neighbours] for i, pairs in nearest.items()})
+        for image_id, pairs in nearest.items():
+            core.update(other for other, _ in pairs[:neighbours])
+            for other, similarity in pairs:
+                if other not in changed:
+                    joined.setdefault(other, {})[image_id] = similarity
+    rows = sorted(joined)
+    for batch in _batches(rows):
+        merged, unknown = _merged_lists(
+            model=model, joined={i: joined[i] for i in batch}, changed=changed, neighbours=neighbours
+        )
+        written += _augment_from_lists(model=model, lists=merged)
+        # Without a stored list, only the changed rows' own neighbours are searched again.
+        unknown = [i for i in unknown if i in core]
+        if unknown:
+            nearest = nearest_plain(catalog=catalog, model=model, image_ids=unknown, neighbours=neighbours)
+            written += _augment_from_lists(model=model, lists=nearest)
+    return written
+
+
+def _merged_lists(
+    *, model: FeatureModel, joined: dict[int, dict[int, float]], changed: set[int], neighbours: int
+) -> tuple[dict[int, Neighbours], list[int]]:
+    """The new neighbour lists of rows that changed rows joined: each stored list plus the
+    rows that joined it, the best k kept; lists that did not change are left out. Rows
+    whose list is not stored or holds a changed or deleted row are returned apart (second
+    value) for a search through the index."""
+    stored = {
+        image_id: list(zip(ids, sims, strict=True))
+        for image_id, ids, sims in DescriptorAugmentation.objects.filter(
+            descriptor__model=model, descriptor__image_id__in=list(joined)
+        ).values_list("descriptor__image_id", "neighbours", "similarities")
+    }
+    listed = {other for pairs in stored.values() for other, _ in pairs}
+    existing = set(ImageDescriptor.objects.filter(model=model, image_id__in=listed).values_list("image_id", flat=True))
+    merged: dict[int, Neighbours] = {}
+    unknown: list[int] = []
+    for image_id, newcomers in joined.items():
+        current = stored.get(image_id)
+        # A list holding a changed row (re-extracted, or near a deleted photo) or a deleted
+        # one is made again through the index: the next nearest row is not known.
+        if not current or any(other in changed or other not in existing for other, _ in current):
+            unknown.append(image_id)
+            continue
+        pairs = sorted(current + list(newcomers.items()), key=lambda pair: -pair[1])[:neighbours]
+        if [other for other, _ in pairs] != [other for other, _ in current]:
+            merged[image_id] = pairs
+    return merged, unknown
 
 
 def _augment_full(*, catalog: Catalog, model: FeatureModel, neighbours: int, total: int) -> int:
@@ -110,68 +161,68 @@ def _augment_full(*, catalog: Catalog, model: FeatureModel, neighbours: int, tot
         return _augment_exact(catalog=catalog, model=model, neighbours=neighbours)
     written = 0
     for batch in _stream_ids(catalog=catalog, model=model):
-        _augment_rows(catalog=catalog, model=model, image_ids=batch, neighbours=neighbours)
-        written += len(batch)
+        nearest = nearest_plain(catalog=catalog, model=model, image_ids=batch, neighbours=neighbours)
+        written += _augment_from_lists(model=model, lists=nearest)
     return written
 
 
 def _augment_exact(*, catalog: Catalog, model: FeatureModel, neighbours: int) -> int:
     """Exact kNN over every row (numpy blocks), rows read through a server-side cursor."""
-    from retrieval.vision.expansion import database_side_augmentation
+    from retrieval.vision.expansion import augment_from_neighbours, exact_neighbours
 
-    pks: list[int] = []
+    image_ids: list[int] = []
     vectors: list[np.ndarray] = []
-    with transaction.atomic():
-        rows = ImageDescriptor.objects.filter(catalog=catalog, model=model).values_list("pk", "embedding")
-        for pk, vector in rows.iterator(chunk_size=2000):
-            pks.append(pk)
-            vectors.append(np.asarray(vector, np.float32))
-    if not pks:
+    with transaction.atomic(), connection.chunked_cursor() as cursor:
+        cursor.execute(
+            f"SELECT image_id, halfvec_send(embedding) FROM {ImageDescriptor._meta.db_table}"
+            " WHERE catalog_id = %s AND model_id = %s",
+            [catalog.pk, model.pk],
+        )
+        for image_id, data in cursor:
+            image_ids.append(image_id)
+            vectors.append(selectors.halfvec_from_binary(data))
+    if not image_ids:
         return 0
-    augmented = database_side_augmentation(
-        np.stack(vectors), neighbours=neighbours, alpha=settings.LANDMARKS_EXPANSION_ALPHA
-    )
-    _write(pks, augmented)
-    return len(pks)
+    base = np.stack(vectors)
+    top, sims = exact_neighbours(base, neighbours=neighbours)
+    augmented = augment_from_neighbours(base[top], sims, alpha=settings.LANDMARKS_EXPANSION_ALPHA)
+    lists = {
+        image_id: [(image_ids[j], float(s)) for j, s in zip(top[row], sims[row], strict=True)]
+        for row, image_id in enumerate(image_ids)
+    }
+    pk_of = _descriptor_pks(model=model, image_ids=image_ids)
+    _write([pk_of[i] for i in image_ids], augmented, [lists[i] for i in image_ids])
+    return len(image_ids)
 
 
-def _augment_rows(*, catalog: Catalog, model: FeatureModel, image_ids: list[int], neighbours: int) -> set[int]:
-    """Recompute the DBA descriptors of these rows from their k nearest plain descriptors
-    found through the index; returns the neighbours' image ids."""
+def _augment_from_lists(*, model: FeatureModel, lists: dict[int, Neighbours]) -> int:
+    """Write the DBA descriptors of the rows in ``lists`` (image id -> its neighbours, most
+    similar first) with those lists; returns rows written (rows deleted meanwhile are not)."""
     from retrieval.vision.expansion import augment_from_neighbours
 
-    nearest = nearest_plain(catalog=catalog, model=model, image_ids=image_ids, neighbours=neighbours)
-    members = {i for pairs in nearest.values() for i, _ in pairs}
-    # The plain descriptors only (parsing a halfvec costs more than fetching it), and the
-    # rows' primary keys for the write, in one query.
-    rows = ImageDescriptor.objects.filter(model=model, image_id__in=sorted(members | set(nearest)))
-    plain, pk_of = {}, {}
-    for image_id, pk, vector in rows.values_list("image_id", "pk", "embedding"):
-        plain[image_id] = np.asarray(vector, np.float32)
-        pk_of[image_id] = pk
-    order = [i for i in image_ids if i in nearest and i in pk_of and all(j in plain for j, _ in nearest[i])]
+    if not lists:
+        return 0
+    members = sorted({other for pairs in lists.values() for other, _ in pairs} | set(lists))
+    plain = selectors.descriptor_vectors(model=model, image_ids=members, augmented=False)
+    pk_of = _descriptor_pks(model=model, image_ids=list(lists))
+    order = [i for i, pairs in lists.items() if i in pk_of and all(j in plain for j, _ in pairs)]
     if not order:
-        return members
-    dim = int(model.global_dim)
-    stack = np.zeros((len(order), neighbours, dim), np.float32)
-    sims = np.zeros((len(order), neighbours), np.float32)  # padding weighs nothing
+        return 0
+    k = max(len(lists[i]) for i in order)
+    stack = np.zeros((len(order), k, int(model.global_dim)), np.float32)
+    sims = np.zeros((len(order), k), np.float32)  # padding weighs nothing
     for row, image_id in enumerate(order):
-        for col, (other, similarity) in enumerate(nearest[image_id]):
+        for col, (other, similarity) in enumerate(lists[image_id]):
             stack[row, col] = plain[other]
             sims[row, col] = similarity
     augmented = augment_from_neighbours(stack, sims, alpha=settings.LANDMARKS_EXPANSION_ALPHA)
-    # A row that the new one did not enter keeps its neighbours and so its descriptor:
-    # no write for it.
-    current = dict(
-        DescriptorAugmentation.objects.filter(pk__in=[pk_of[i] for i in order]).values_list("pk", "embedding")
-    )
-    changed = [
-        row for row, image_id in enumerate(order)
-        if current.get(pk_of[image_id]) is None
-        or float(np.asarray(current[pk_of[image_id]], np.float32) @ augmented[row]) < UNCHANGED_COSINE
-    ]  # fmt: skip
-    _write([pk_of[order[row]] for row in changed], augmented[changed])
-    return members
+    _write([pk_of[i] for i in order], augmented, [lists[i] for i in order])
+    return len(order)
+
+
+def _descriptor_pks(*, model: FeatureModel, image_ids: list[int]) -> dict[int, int]:
+    rows = ImageDescriptor.objects.filter(model=model, image_id__in=image_ids).values_list("image_id", "pk")
+    return dict(rows)
 
 
 def nearest_plain(
@@ -208,12 +259,24 @@ def nearest_plain(
     return result
 
 
-def _write(pks: list[int], augmented: np.ndarray) -> None:
-    """Insert or replace the DBA descriptors of descriptor rows ``pks``: (len(pks), D)."""
-    objects = [DescriptorAugmentation(descriptor_id=pk, embedding=augmented[i]) for i, pk in enumerate(pks)]
-    with transaction.atomic():
-        DescriptorAugmentation.objects.bulk_create(
-            objects, batch_size=500, update_conflicts=True, unique_fields=["descriptor"], update_fields=["embedding"]
+def _write(pks: list[int], augmented: np.ndarray, lists: list[Neighbours]) -> None:
+    """Insert or replace the DBA descriptors (len(pks), D) of descriptor rows ``pks`` with
+    the neighbour lists they were made from, in one statement."""
+    if not pks:
+        return
+    table = DescriptorAugmentation._meta.db_table
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (descriptor_id, embedding, neighbours, similarities)"
+            " SELECT d, e::halfvec, n::bigint[], s::float8[] FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[])"
+            " AS t(d, e, n, s) ON CONFLICT (descriptor_id) DO UPDATE SET embedding = EXCLUDED.embedding,"
+            " neighbours = EXCLUDED.neighbours, similarities = EXCLUDED.similarities",
+            [
+                pks,
+                [selectors.halfvec_literal(vector) for vector in augmented],
+                ["{" + ",".join(str(other) for other, _ in pairs) + "}" for pairs in lists],
+                ["{" + ",".join(repr(float(similarity)) for _, similarity in pairs) + "}" for pairs in lists],
+            ],
         )
 
 

@@ -30,19 +30,39 @@ def database_side_augmentation(
     """
     if descriptors.ndim != 2:
         raise ValueError(f"descriptors must be (N, D), got {descriptors.shape}")
-    count = len(descriptors)
-    k = min(neighbours, count)
-    if k <= 1:
+    if min(neighbours, len(descriptors)) <= 1:
         return descriptors.astype(np.float32, copy=True)
     base = descriptors.astype(np.float32)
+    top, sims = exact_neighbours(base, neighbours=neighbours, block=block)
     out = np.empty_like(base)
+    for start in range(0, len(base), block):
+        rows = slice(start, start + block)
+        out[rows] = augment_from_neighbours(base[top[rows]], sims[rows], alpha=alpha)
+    return out
+
+
+def exact_neighbours(descriptors: np.ndarray, *, neighbours: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``neighbours`` nearest rows by cosine, itself included, most similar
+    first, by blocks of ``block`` rows (O(N^2 D)).
+
+    Args:
+        descriptors: (N, D) float32, unit rows.
+    Returns:
+        (N, k) int64 row indices and (N, k) float32 similarities, k = min(neighbours, N).
+    """
+    count = len(descriptors)
+    k = max(1, min(neighbours, count))
+    base = descriptors.astype(np.float32)
+    indices = np.empty((count, k), np.int64)
+    similarities = np.empty((count, k), np.float32)
     for start in range(0, count, block):
         sims = base[start : start + block] @ base.T  # (b, N)
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        out[start : start + block] = augment_from_neighbours(
-            base[top], np.take_along_axis(sims, top, axis=1), alpha=alpha
-        )
-    return out
+        top_sims = np.take_along_axis(sims, top, axis=1)
+        order = np.argsort(-top_sims, axis=1, kind="stable")
+        indices[start : start + block] = np.take_along_axis(top, order, axis=1)
+        similarities[start : start + block] = np.take_along_axis(top_sims, order, axis=1)
+    return indices, similarities
 
 
 def augment_from_neighbours(neighbours: np.ndarray, similarities: np.ndarray, *, alpha: float = 3.0) -> np.ndarray:

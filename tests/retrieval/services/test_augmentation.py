@@ -7,10 +7,10 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from retrieval import services
-from retrieval.models import Catalog, FeatureModel, ImageDescriptor
+from retrieval import selectors, services
+from retrieval.models import Catalog, DescriptorAugmentation, FeatureModel, ImageDescriptor
 from retrieval.services.augmentation import nearest_plain
-from retrieval.vision.expansion import database_side_augmentation
+from retrieval.vision.expansion import database_side_augmentation, exact_neighbours
 from tests.factories import CatalogFactory, ImageDescriptorFactory, feature_model_with_index
 
 pytestmark = pytest.mark.django_db
@@ -90,6 +90,31 @@ def test_rows_far_from_the_new_ones_are_not_rewritten(model: FeatureModel) -> No
     untouched = [n for n, i in enumerate(old_ids) if i not in joined]
     assert len(untouched) > 0.8 * len(old_ids)
     assert np.array_equal(_augmented(model, old_ids)[untouched], before[untouched])
+
+
+def test_rows_joined_by_new_ones_keep_their_exact_neighbour_lists(model: FeatureModel, settings) -> None:
+    rng = np.random.default_rng(6)
+    catalog = CatalogFactory()
+    old = _clusters(rng, 8, 12)
+    ids = _add(catalog, model, old)
+    _augment(catalog)
+    # New photos of known places: each enters lists of rows that are not among its own k
+    # nearest (12 photos a place, k = 10).
+    new = old[[0, 13, 26]] + 0.02 * rng.normal(size=(3, DIM)).astype(np.float32)
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    ids += _add(catalog, model, new)
+    _augment(catalog)  # incremental: the new rows are merged into the lists they join
+    k = settings.LANDMARKS_DBA_NEIGHBOURS
+    stored = selectors.descriptor_vectors(model=model, image_ids=ids, augmented=False)  # as halfvec keeps them
+    everything = np.stack([stored[i] for i in ids])
+    top, _ = exact_neighbours(everything, neighbours=k)
+    lists = dict(
+        DescriptorAugmentation.objects.filter(descriptor__image_id__in=ids).values_list(
+            "descriptor__image_id", "neighbours"
+        )
+    )
+    assert {i: set(lists[i]) for i in ids} == {i: {ids[j] for j in top[row]} for row, i in enumerate(ids)}
+    assert np.allclose(_augmented(model, ids), database_side_augmentation(everything, neighbours=k), atol=3e-3)
 
 
 def test_augmenting_rows_never_updates_the_indexed_descriptor_rows(model: FeatureModel) -> None:
