@@ -275,6 +275,10 @@ LANDMARKS_AUGMENT_DELAY_SECONDS = env.get_float("LANDMARKS_AUGMENT_DELAY_SECONDS
 # model in a catalog (N x D float32 in the worker's memory); above, it goes through the index.
 LANDMARKS_DBA_EXACT_MAX_ROWS = env.get_int("LANDMARKS_DBA_EXACT_MAX_ROWS", 50_000, minimum=0)
 LANDMARKS_HNSW_EF_SEARCH = env.get_int("LANDMARKS_HNSW_EF_SEARCH", 200, minimum=1)
+# The HNSW graph of a model's index, fixed when the index is created (pgvector's defaults;
+# a catalog of a million photos wants a denser one: bench/README.md, scale.py).
+LANDMARKS_HNSW_M = env.get_int("LANDMARKS_HNSW_M", 16, minimum=2)
+LANDMARKS_HNSW_EF_CONSTRUCTION = env.get_int("LANDMARKS_HNSW_EF_CONSTRUCTION", 64, minimum=4)
 
 # Celery: JSON only; searches and indexing on separate queues so that a bulk import
 # never makes a person wait behind it.

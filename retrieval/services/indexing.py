@@ -236,6 +236,7 @@ def feature_model_ensure(*, extractor: Extractor) -> FeatureModel:
         cursor.execute(
             f"CREATE INDEX IF NOT EXISTS {model.hnsw_index_name} ON {table} "
             f"USING hnsw (({selectors.search_vector_sql(model)}) halfvec_cosine_ops) "
+            f"WITH (m = {int(settings.LANDMARKS_HNSW_M)}, ef_construction = {int(settings.LANDMARKS_HNSW_EF_CONSTRUCTION)}) "
             f"WHERE model_id = {int(model.pk)}"
         )
     _ensured[key] = model

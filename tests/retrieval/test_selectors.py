@@ -32,6 +32,15 @@ def test_feature_model_ensure_creates_a_partial_hnsw_index(model: FeatureModel) 
     assert f"model_id = {model.pk}" in definition
 
 
+def test_the_index_is_built_with_the_configured_graph_settings(settings) -> None:
+    settings.LANDMARKS_HNSW_M, settings.LANDMARKS_HNSW_EF_CONSTRUCTION = 24, 128
+    model = feature_model_with_index("dense-graph-model")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s", [model.hnsw_index_name])
+        (definition,) = cursor.fetchone()
+    assert "m='24'" in definition and "ef_construction='128'" in definition, definition
+
+
 def test_shortlist_returns_nearest_images_first_with_cosine_similarity(model: FeatureModel) -> None:
     catalog = CatalogFactory()
     rng = np.random.default_rng(0)
