@@ -105,8 +105,8 @@ def halfvec_from_binary(data: bytes | memoryview) -> np.ndarray:
 
 def halfvec_literal(vector: np.ndarray) -> str:
     """(D,) floats as a pgvector text literal, rounded to float16 first (what a halfvec
-    keeps), so that each number prints in a few digits."""
-    return "[" + ",".join(map(repr, vector.astype(np.float16).astype(float).tolist())) + "]"
+    keeps), each printed in the fewest digits that read back the same float16."""
+    return "[" + ",".join(map(str, vector.astype(np.float16))) + "]"
 
 
 def descriptor_shortlist(

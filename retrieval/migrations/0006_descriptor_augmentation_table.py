@@ -8,18 +8,21 @@ from django.db import migrations, models
 # The HNSW index of each model moves from COALESCE(embedding_aug, embedding) (rewritten by
 # every DBA refresh) to the plain descriptor, which only extraction writes. The SQL is
 # spelled out here (not imported from the app) so that this migration stays as it ran.
-CREATE_PLAIN_INDEXES = """
-DO $$
-DECLARE m record;
-BEGIN
-  FOR m IN SELECT id, global_dim FROM retrieval_featuremodel LOOP
-    EXECUTE format(
-      'CREATE INDEX IF NOT EXISTS retrieval_descriptor_plain_m%s ON retrieval_imagedescriptor '
-      'USING hnsw ((embedding::halfvec(%s)) halfvec_cosine_ops) WHERE model_id = %s',
-      m.id, m.global_dim, m.id);
-  END LOOP;
-END $$;
-"""
+
+
+def create_plain_indexes(apps, schema_editor) -> None:
+    """Each model's index on the plain descriptor, with the configured graph settings."""
+    from django.conf import settings
+
+    graph = f"m = {int(settings.LANDMARKS_HNSW_M)}, ef_construction = {int(settings.LANDMARKS_HNSW_EF_CONSTRUCTION)}"
+    for model in apps.get_model("retrieval", "FeatureModel").objects.all():
+        schema_editor.execute(
+            f"CREATE INDEX IF NOT EXISTS retrieval_descriptor_plain_m{int(model.pk)} ON retrieval_imagedescriptor "
+            f"USING hnsw ((embedding::halfvec({int(model.global_dim)})) halfvec_cosine_ops) WITH ({graph}) "
+            f"WHERE model_id = {int(model.pk)}"
+        )
+
+
 DROP_AUGMENTED_INDEXES = """
 DO $$
 DECLARE name text;
@@ -29,6 +32,21 @@ BEGIN
   END LOOP;
 END $$;
 """
+# Deleting a descriptor row deletes its DBA row in PostgreSQL too, not only through
+# Django's collector: a DBA write that commits between the collector's two DELETEs must
+# not make the photo's deletion fail.
+CASCADE_IN_THE_DATABASE = """
+DO $$
+DECLARE name text;
+BEGIN
+  FOR name IN SELECT conname FROM pg_constraint
+      WHERE conrelid = 'retrieval_descriptoraugmentation'::regclass AND contype = 'f' LOOP
+    EXECUTE format('ALTER TABLE retrieval_descriptoraugmentation DROP CONSTRAINT %I', name);
+  END LOOP;
+  ALTER TABLE retrieval_descriptoraugmentation ADD CONSTRAINT retrieval_descriptoraugmentation_descriptor_fk
+    FOREIGN KEY (descriptor_id) REFERENCES retrieval_imagedescriptor (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED;
+END $$;
+"""
 COPY_AUGMENTED = """
 INSERT INTO retrieval_descriptoraugmentation (descriptor_id, embedding, neighbours, similarities)
 SELECT id, embedding_aug, '{}', '{}' FROM retrieval_imagedescriptor WHERE embedding_aug IS NOT NULL
@@ -36,26 +54,45 @@ SELECT id, embedding_aug, '{}', '{}' FROM retrieval_imagedescriptor WHERE embedd
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('retrieval', '0005_catalog_api_imports_thumbnails'),
+        ("retrieval", "0005_catalog_api_imports_thumbnails"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='DescriptorAugmentation',
+            name="DescriptorAugmentation",
             fields=[
-                ('descriptor', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, primary_key=True, related_name='augmentation', serialize=False, to='retrieval.imagedescriptor')),
-                ('embedding', pgvector.django.halfvec.HalfVectorField()),
-                ('neighbours', django.contrib.postgres.fields.ArrayField(base_field=models.BigIntegerField(), blank=True, default=list, size=None)),
-                ('similarities', django.contrib.postgres.fields.ArrayField(base_field=models.FloatField(), blank=True, default=list, size=None)),
+                (
+                    "descriptor",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        primary_key=True,
+                        related_name="augmentation",
+                        serialize=False,
+                        to="retrieval.imagedescriptor",
+                    ),
+                ),
+                ("embedding", pgvector.django.halfvec.HalfVectorField()),
+                (
+                    "neighbours",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.BigIntegerField(), blank=True, default=list, size=None
+                    ),
+                ),
+                (
+                    "similarities",
+                    django.contrib.postgres.fields.ArrayField(
+                        base_field=models.FloatField(), blank=True, default=list, size=None
+                    ),
+                ),
             ],
         ),
         migrations.RunSQL(COPY_AUGMENTED, reverse_sql=migrations.RunSQL.noop),
         migrations.RunSQL(DROP_AUGMENTED_INDEXES, reverse_sql=migrations.RunSQL.noop),
-        migrations.RunSQL(CREATE_PLAIN_INDEXES, reverse_sql=migrations.RunSQL.noop),
+        migrations.RunPython(create_plain_indexes, migrations.RunPython.noop),
+        migrations.RunSQL(CASCADE_IN_THE_DATABASE, reverse_sql=migrations.RunSQL.noop),
         migrations.RemoveField(
-            model_name='imagedescriptor',
-            name='embedding_aug',
+            model_name="imagedescriptor",
+            name="embedding_aug",
         ),
     ]

@@ -5,17 +5,18 @@ rows) is the weighted mean of its k nearest plain descriptors (``vision.expansio
 ways to keep it current:
 
 - **incremental** (new or re-extracted rows, the usual case): each changed row finds its
-  neighbours through the model's HNSW index, and the rows it joined as a neighbour are
-  recomputed the same way, in bounded batches. The cost grows with the rows changed, not
-  with the catalog.
+  ``POOL_FACTOR`` x k nearest rows through the model's HNSW index (one search), gets its
+  DBA descriptor from the k nearest, and is merged into the neighbour lists that those
+  rows keep with their DBA descriptors; the rows whose list changed are rewritten. The
+  cost grows with the rows changed, not with the catalog.
 - **full** (a catalog's first augmentation, a change of more than a tenth of its rows, or
   ``manage.py augment``): rows are streamed from a server-side cursor; up to
   ``LANDMARKS_DBA_EXACT_MAX_ROWS`` the kNN is exact (numpy blocks), above it every row
   goes through the index like the incremental path.
 
 The HNSW index is on the plain descriptor, which is what DBA is defined on, and writing a
-DBA descriptor never touches it: the cost of a new photo is its neighbours' queries and a
-few small row writes, not graph inserts.
+DBA descriptor never touches it: the cost of a new photo is one index search and a few
+small row writes, not graph inserts.
 """
 
 from __future__ import annotations
@@ -102,13 +103,11 @@ def descriptors_augment_incremental(
     whose list changed. Returns rows written."""
     changed = set(image_ids)
     joined: dict[int, dict[int, float]] = {}  # row -> {changed row near it: cosine}
-    core: set[int] = set()  # rows among a changed row's own k nearest
     written = 0
     for batch in _batches(image_ids):
         nearest = nearest_plain(catalog=catalog, model=model, image_ids=batch, neighbours=POOL_FACTOR * neighbours)
         written += _augment_from_lists(model=model, lists={i: pairs[:neighbours] for i, pairs in nearest.items()})
         for image_id, pairs in nearest.items():
-            core.update(other for other, _ in pairs[:neighbours])
             for other, similarity in pairs:
                 if other not in changed:
                     joined.setdefault(other, {})[image_id] = similarity
@@ -118,8 +117,6 @@ def descriptors_augment_incremental(
             model=model, joined={i: joined[i] for i in batch}, changed=changed, neighbours=neighbours
         )
         written += _augment_from_lists(model=model, lists=merged)
-        # Without a stored list, only the changed rows' own neighbours are searched again.
-        unknown = [i for i in unknown if i in core]
         if unknown:
             nearest = nearest_plain(catalog=catalog, model=model, image_ids=unknown, neighbours=neighbours)
             written += _augment_from_lists(model=model, lists=nearest)
@@ -167,31 +164,35 @@ def _augment_full(*, catalog: Catalog, model: FeatureModel, neighbours: int, tot
 
 
 def _augment_exact(*, catalog: Catalog, model: FeatureModel, neighbours: int) -> int:
-    """Exact kNN over every row (numpy blocks), rows read through a server-side cursor."""
+    """Exact kNN over every row (numpy blocks), rows read through a server-side cursor,
+    written in batches."""
     from retrieval.vision.expansion import augment_from_neighbours, exact_neighbours
 
+    pks: list[int] = []
     image_ids: list[int] = []
     vectors: list[np.ndarray] = []
     with transaction.atomic(), connection.chunked_cursor() as cursor:
         cursor.execute(
-            f"SELECT image_id, halfvec_send(embedding) FROM {ImageDescriptor._meta.db_table}"
+            f"SELECT id, image_id, halfvec_send(embedding) FROM {ImageDescriptor._meta.db_table}"
             " WHERE catalog_id = %s AND model_id = %s",
             [catalog.pk, model.pk],
         )
-        for image_id, data in cursor:
+        for pk, image_id, data in cursor:
+            pks.append(pk)
             image_ids.append(image_id)
             vectors.append(selectors.halfvec_from_binary(data))
     if not image_ids:
         return 0
     base = np.stack(vectors)
     top, sims = exact_neighbours(base, neighbours=neighbours)
-    augmented = augment_from_neighbours(base[top], sims, alpha=settings.LANDMARKS_EXPANSION_ALPHA)
-    lists = {
-        image_id: [(image_ids[j], float(s)) for j, s in zip(top[row], sims[row], strict=True)]
-        for row, image_id in enumerate(image_ids)
-    }
-    pk_of = _descriptor_pks(model=model, image_ids=image_ids)
-    _write([pk_of[i] for i in image_ids], augmented, [lists[i] for i in image_ids])
+    for start in range(0, len(base), BATCH_ROWS):
+        rows = slice(start, start + BATCH_ROWS)
+        augmented = augment_from_neighbours(base[top[rows]], sims[rows], alpha=settings.LANDMARKS_EXPANSION_ALPHA)
+        lists = [
+            [(image_ids[j], float(s)) for j, s in zip(top[row], sims[row], strict=True)]
+            for row in range(start, min(start + BATCH_ROWS, len(base)))
+        ]
+        _write(pks[rows], augmented, lists)
     return len(image_ids)
 
 
@@ -261,15 +262,18 @@ def nearest_plain(
 
 def _write(pks: list[int], augmented: np.ndarray, lists: list[Neighbours]) -> None:
     """Insert or replace the DBA descriptors (len(pks), D) of descriptor rows ``pks`` with
-    the neighbour lists they were made from, in one statement."""
+    the neighbour lists they were made from, in one statement; rows deleted meanwhile are
+    skipped (the join)."""
     if not pks:
         return
     table = DescriptorAugmentation._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (descriptor_id, embedding, neighbours, similarities)"
-            " SELECT d, e::halfvec, n::bigint[], s::float8[] FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[])"
-            " AS t(d, e, n, s) ON CONFLICT (descriptor_id) DO UPDATE SET embedding = EXCLUDED.embedding,"
+            " SELECT t.d, t.e::halfvec, t.n::bigint[], t.s::float8[]"
+            " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) AS t(d, e, n, s)"
+            f" JOIN {ImageDescriptor._meta.db_table} i ON i.id = t.d"
+            " ON CONFLICT (descriptor_id) DO UPDATE SET embedding = EXCLUDED.embedding,"
             " neighbours = EXCLUDED.neighbours, similarities = EXCLUDED.similarities",
             [
                 pks,

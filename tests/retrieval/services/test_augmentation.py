@@ -47,7 +47,8 @@ def _augment(catalog: Catalog) -> int:
     return services.catalog_augment(catalog_id=catalog.pk)
 
 
-def test_the_first_augmentation_of_a_catalog_is_the_exact_one(model: FeatureModel, settings) -> None:
+def test_the_first_augmentation_of_a_catalog_is_the_exact_one(model: FeatureModel, settings, monkeypatch) -> None:
+    monkeypatch.setattr("retrieval.services.augmentation.BATCH_ROWS", 7)  # written in several batches
     catalog = CatalogFactory()
     vectors = _clusters(np.random.default_rng(0), 6, 8)
     ids = _add(catalog, model, vectors)
@@ -129,6 +130,16 @@ def test_augmenting_rows_never_updates_the_indexed_descriptor_rows(model: Featur
     with connection.cursor() as cursor:  # this test's transaction so far
         cursor.execute("SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'retrieval_imagedescriptor'")
         assert cursor.fetchone() == (0,)
+
+
+def test_deleting_a_descriptor_row_in_sql_deletes_its_augmentation(model: FeatureModel) -> None:
+    catalog = CatalogFactory()
+    ids = _add(catalog, model, _clusters(np.random.default_rng(7), 2, 4))
+    _augment(catalog)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM retrieval_imagedescriptor WHERE image_id = %s", [ids[0]])
+    assert not DescriptorAugmentation.objects.filter(descriptor__image_id=ids[0]).exists()
+    assert DescriptorAugmentation.objects.filter(descriptor__image_id__in=ids).count() == len(ids) - 1
 
 
 def test_nearest_plain_ranks_by_plain_cosine_with_the_row_itself_first(model: FeatureModel) -> None:
