@@ -410,7 +410,7 @@ def _drawn_matches(image_id: int, verified: _Verified, features: ImageFeatures) 
 def _shortlist(
     *, catalog: Catalog, model: FeatureModel, descriptor: np.ndarray, limit: int, config: SearchConfig
 ) -> _Shortlist:
-    """pgvector shortlist (HNSW over the DBA descriptors) with alpha query expansion, plus
+    """pgvector shortlist (an HNSW pool ranked by the DBA descriptors) with alpha query expansion, plus
     each candidate's plain cosine similarity to the query (the global-only score)."""
 
     def nearest(vector: np.ndarray, k: int) -> list[tuple[int, float]]:

@@ -1,7 +1,8 @@
 """The global shortlist: nearest catalog images, optionally in two rounds with alpha-QE.
 
-Pure: the nearest-neighbour search is a callable, so the server passes pgvector (HNSW
-over the DBA descriptors) and the benches pass an exact numpy search over a matrix.
+Pure: the nearest-neighbour search is a callable, so the server passes pgvector (an HNSW
+pool over the plain descriptors, ranked by the DBA ones) and the benches pass an exact
+numpy search over a matrix.
 """
 
 from __future__ import annotations
