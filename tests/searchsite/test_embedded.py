@@ -82,7 +82,8 @@ def test_env_reads_secrets_from_a_file(tmp_path: Path, monkeypatch: pytest.Monke
 def test_shared_buffers_is_a_quarter_of_memory_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LANDMARKS_PG_SHARED_BUFFERS", raising=False)
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-    assert int(shared_buffers().removesuffix("MB")) <= max(128, min(8192, memory_mb // 4))
+    # At most a quarter of the machine (less under a container limit), within 128 MB-8 GB.
+    assert 128 <= int(shared_buffers().removesuffix("MB")) <= max(128, min(8192, memory_mb // 4))
     monkeypatch.setenv("LANDMARKS_PG_SHARED_BUFFERS", "512MB")
     assert shared_buffers() == "512MB"
 
