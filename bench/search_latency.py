@@ -11,15 +11,18 @@ then times, on the same query/candidate pairs:
   (full depth) and with the early stop of the search service (``answer_decided``);
 - **seeds' way**: brute-force nearest neighbours (distance < 0.8, as tensorflow/models
   ``research/delf`` matches) and ``skimage.measure.ransac`` with an ``AffineTransform``,
-  1000 trials, on the first ``--seed-queries`` queries (it takes ~0.2 s a pair).
+  1000 trials, on the first ``--seed-queries`` queries (it takes ~0.2 s a pair), each
+  query's candidates verified by the product and then the seeds' way in turn.
 
-Prints pairs per second of each, their ratio, and the median per-query extraction,
-blob decoding and verification times. ``--json OUT`` writes them.
+Prints pairs per second of each on those same pairs, their ratio, and the median
+per-query extraction, blob decoding and verification times. Every candidate is matched
+as a fresh object, as the search worker decodes it. ``--json OUT`` writes them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -66,7 +69,7 @@ def main() -> int:
     shortlists = _shortlists(X, Q, limit=args.shortlist)
     labels = [image.landmark for image in dataset.images]
     product = _product_verification(extractor.model_name, queries, shortlists, stored, labels)
-    seed_pairs, seeds_pps = _seeds_way(queries[: args.seed_queries], shortlists, stored)
+    seed_pairs, product_pps, seeds_pps = _side_by_side(extractor.model_name, queries[: args.seed_queries], shortlists, stored)
     result = {
         "dataset": dataset.name,
         "model": f"{extractor.model_name}@{extractor.model_version}",
@@ -76,8 +79,9 @@ def main() -> int:
         "blob_bytes_mean": statistics.fmean(len(b) for b in blobs),
         **product,
         "seeds_way_pairs": seed_pairs,
+        "product_pairs_per_s_same_pairs": product_pps,
         "seeds_way_pairs_per_s": seeds_pps,
-        "speedup": product["product_pairs_per_s"] / seeds_pps if seed_pairs else None,
+        "speedup": product_pps / seeds_pps if seed_pairs else None,
     }
     for key, value in result.items():
         logger.info("%-30s %s", key, f"{value:.2f}" if isinstance(value, float) else value)
@@ -92,7 +96,11 @@ def _features(dataset: Any, extractor: Any) -> tuple[list[bytes], np.ndarray, li
     from retrieval.services import image_decode
     from retrieval.vision.preprocessing import crop_bbox
 
-    cache = ROOT / "bench" / "out" / f"latency-{dataset.name}-{extractor.model_name}@{extractor.model_version}.pkl"
+    from django.conf import settings
+
+    # A query's cell counts are not part of the model version (queries are never stored).
+    cells = f"q{settings.LANDMARKS_DENSE_QUERY_FINE_CELLS}+{settings.LANDMARKS_DENSE_QUERY_COARSE_CELLS}"
+    cache = ROOT / "bench" / "out" / f"latency-{dataset.name}-{extractor.model_name}@{extractor.model_version}-{cells}.pkl"
     if cache.exists():
         return pickle.loads(cache.read_bytes())
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +159,7 @@ def _product_verification(
         start = time.perf_counter()
         stop_at = None
         for n, j in enumerate(shortlist, start=1):
-            inliers.append(verify_best(query_sets, stored[j], matching)[1].inliers)
+            inliers.append(verify_best(query_sets, _fresh(stored[j]), matching)[1].inliers)
             if stop_at is None and early and n % early == 0 and n < len(shortlist):
                 if answer_decided(inliers, [labels[k] for k in shortlist[:n]], min_inliers=threshold):
                     stop_at = n
@@ -168,15 +176,36 @@ def _product_verification(
     }
 
 
-def _seeds_way(queries: list[Any], shortlists: list[np.ndarray], stored: list[Any]) -> tuple[int, float]:
-    """Pairs verified the seeds' way and pairs per second (the query's first feature set)."""
-    pairs = 0
-    start = time.perf_counter()
+def _fresh(features: LocalFeatures) -> LocalFeatures:
+    """The same arrays without what matching cached on the object (quantised rows): the
+    search worker decodes each candidate anew, so every pair pays for its own."""
+    return dataclasses.replace(features)
+
+
+def _side_by_side(
+    spec: str, queries: list[Any], shortlists: list[np.ndarray], stored: list[Any]
+) -> tuple[int, float, float]:
+    """The product's verification and the seeds' way on the same pairs, query by query
+    in turn (so that a change in the machine's load falls on both): pairs, and pairs per
+    second of each."""
+    from retrieval.vision.extractors import matching_config
+    from retrieval.vision.verification import verify_best
+
+    matching = matching_config(spec)
+    pairs, product_s, seeds_s = 0, 0.0, 0.0
     for query_sets, shortlist in zip(queries, shortlists, strict=False):
+        start = time.perf_counter()
+        for j in shortlist:
+            verify_best(query_sets, _fresh(stored[j]), matching)
+        product_s += time.perf_counter() - start
+        start = time.perf_counter()
         for j in shortlist:
             seeds_way_inliers(query_sets[0], stored[j])
-            pairs += 1
-    return pairs, (pairs / (time.perf_counter() - start) if pairs else float("nan"))
+        seeds_s += time.perf_counter() - start
+        pairs += len(shortlist)
+    if not pairs:
+        return 0, float("nan"), float("nan")
+    return pairs, pairs / product_s, pairs / seeds_s
 
 
 def seeds_way_inliers(query: LocalFeatures, candidate: LocalFeatures) -> int:

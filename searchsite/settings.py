@@ -239,8 +239,8 @@ LANDMARKS_QUERY_SCALES = env.get_float_list("LANDMARKS_QUERY_SCALES", [0.5, 1.0,
 LANDMARKS_DENSE_FINE_SIZE = env.get_int("LANDMARKS_DENSE_FINE_SIZE", 1024, minimum=64)
 LANDMARKS_DENSE_FINE_CELLS = env.get_int("LANDMARKS_DENSE_FINE_CELLS", 1000, minimum=10)
 LANDMARKS_DENSE_COARSE_CELLS = env.get_int("LANDMARKS_DENSE_COARSE_CELLS", 500, minimum=0)
-LANDMARKS_DENSE_QUERY_FINE_CELLS = env.get_int("LANDMARKS_DENSE_QUERY_FINE_CELLS", 1500, minimum=10)
-LANDMARKS_DENSE_QUERY_COARSE_CELLS = env.get_int("LANDMARKS_DENSE_QUERY_COARSE_CELLS", 800, minimum=0)
+LANDMARKS_DENSE_QUERY_FINE_CELLS = env.get_int("LANDMARKS_DENSE_QUERY_FINE_CELLS", 1000, minimum=10)
+LANDMARKS_DENSE_QUERY_COARSE_CELLS = env.get_int("LANDMARKS_DENSE_QUERY_COARSE_CELLS", 500, minimum=0)
 # A product quantiser for the stored local descriptors (``manage.py train_codebook``):
 # ~32 kB a photo instead of ~198 kB, at some cost in quality (docs/quality.md). Unset:
 # int8 rows. Setting it (or changing it) makes a new model version: reindex.

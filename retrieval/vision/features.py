@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 
 import numpy as np
+
+from retrieval.vision.matching import Int8Rows, LevelRows, quantise_rows, split_levels
 
 # Version 1: float32 keypoints, scores and scales, then descriptors as float16, float32 or
 # uint8. Version 2 (int8 descriptors): float32 keypoints, float16 scores and scales, then
@@ -59,6 +62,22 @@ class LocalFeatures:
     @property
     def dim(self) -> int:
         return int(self.descriptors.shape[1])
+
+    @functools.cached_property
+    def int8_rows(self) -> Int8Rows:
+        """The descriptors quantised for int8 matching, computed once per object: a
+        query is matched against a hundred candidates."""
+        return quantise_rows(self.descriptors)
+
+    @functools.cached_property
+    def float_levels(self) -> LevelRows:
+        """The float descriptors split by level (``scales``), for ``match_levels``."""
+        return split_levels(self.descriptors, self.scales)
+
+    @functools.cached_property
+    def int8_levels(self) -> LevelRows:
+        """:attr:`int8_rows` split by level (``scales``), for ``match_levels``."""
+        return split_levels(self.int8_rows, self.scales)
 
     @classmethod
     def empty(cls, dim: int) -> LocalFeatures:

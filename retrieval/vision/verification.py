@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from retrieval.vision.features import LocalFeatures
-from retrieval.vision.matching import match_descriptors, match_levels
+from retrieval.vision.matching import Precision, match_descriptors, match_levels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,9 @@ class VerificationConfig:
     # are reproducible; `evaluate --ransac-seeds N` repeats verification with seeds
     # 0..N-1 to show how much a score depends on it.
     seed: int = 0
+    # Similarities in float32, or as int8 products (``matching.quantise_rows``): several
+    # times faster, the same matches but for near ties (docs/quality.md).
+    precision: Precision = "float32"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,23 +120,15 @@ def tentative_matches(
     and 2 ((0, 2) when either side has fewer than 4 features)."""
     if len(features1) < 4 or len(features2) < 4:
         return np.zeros((0, 2), np.int64)
-    if config.per_level:
-        return match_levels(
-            features1.descriptors,
-            features1.scales,
-            features2.descriptors,
-            features2.scales,
-            ratio=config.ratio,
-            mutual=config.mutual,
-            min_similarity=config.min_similarity,
-        )
-    return match_descriptors(
-        features1.descriptors,
-        features2.descriptors,
-        ratio=config.ratio,
-        mutual=config.mutual,
-        min_similarity=config.min_similarity,
-    )
+    int8 = config.precision == "int8"
+    tests = {"ratio": config.ratio, "mutual": config.mutual, "min_similarity": config.min_similarity}
+    if config.per_level:  # split once per feature set: a query meets a hundred candidates
+        levels1 = features1.int8_levels if int8 else features1.float_levels
+        levels2 = features2.int8_levels if int8 else features2.float_levels
+        return match_levels(levels1, None, levels2, None, **tests)
+    desc1 = features1.int8_rows if int8 else features1.descriptors
+    desc2 = features2.int8_rows if int8 else features2.descriptors
+    return match_descriptors(desc1, desc2, **tests)
 
 
 def verify_matches(
@@ -229,6 +224,11 @@ def _distinct_inliers(keypoints1: np.ndarray, keypoints2: np.ndarray, matches: n
     for each dominant orientation; those repeats are not independent evidence)."""
     if len(matches) == 0:
         return 0
-    loc1 = np.unique(np.round(keypoints1[matches[:, 0]]).astype(np.int64), axis=0)
-    loc2 = np.unique(np.round(keypoints2[matches[:, 1]]).astype(np.int64), axis=0)
-    return int(min(len(loc1), len(loc2)))
+    return int(min(_distinct_locations(keypoints1[matches[:, 0]]), _distinct_locations(keypoints2[matches[:, 1]])))
+
+
+def _distinct_locations(points: np.ndarray) -> int:
+    """Number of distinct (x, y) of (K, 2) points rounded to pixels; one int64 key per
+    point (a 1-D unique is several times faster than ``np.unique(axis=0)``)."""
+    pixels = np.round(points).astype(np.int64)
+    return len(np.unique((pixels[:, 0] << 32) + pixels[:, 1]))

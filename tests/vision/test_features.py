@@ -170,3 +170,12 @@ def test_a_version_1_blob_with_the_int8_code_is_refused() -> None:
     blob[:4] = b"LFv1"  # int8 rows only exist in version 2
     with pytest.raises(FeatureFormatError, match="magic or dtype"):
         LocalFeatures.from_bytes(bytes(blob))
+
+
+def test_int8_rows_and_levels_are_computed_once_per_feature_set() -> None:
+    """A query is matched against a hundred candidates: its quantised rows are reused."""
+    features = _features()
+    assert features.int8_rows is features.int8_rows
+    assert features.int8_levels is features.int8_levels
+    assert features.float_levels is features.float_levels
+    assert sum(len(rows) for rows in features.int8_levels.rows) == len(features)

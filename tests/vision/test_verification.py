@@ -258,3 +258,20 @@ def test_msac_keeps_unrelated_photos_below_a_dozen_inliers(sift: RootSIFT) -> No
     for i in range(len(features)):
         for j in range(i + 1, len(features)):
             assert verify_pair(features[i], features[j], config).inliers < 12, (names[i], names[j])
+
+
+def test_int8_per_level_verification_of_a_known_homography_finds_many_inliers(sift: RootSIFT) -> None:
+    photo = load_photo("astronaut.png")
+    query = _as_level(sift.extract_local(photo), 16.0)
+    candidate = _two_identical_levels(sift.extract_local(_warp(photo, KNOWN_H)))
+    floats = verify_pair(query, candidate, VerificationConfig(per_level=True))
+    int8 = verify_pair(query, candidate, VerificationConfig(per_level=True, precision="int8"))
+    assert int8.inliers > 100
+    assert abs(int8.inliers - floats.inliers) <= 0.05 * floats.inliers
+
+
+def test_int8_verification_keeps_unrelated_photos_below_a_dozen_inliers(sift: RootSIFT) -> None:
+    config = VerificationConfig(per_level=True, precision="int8", score="msac")
+    query = _as_level(sift.extract_local(load_photo("astronaut.png")), 16.0)
+    other = _as_level(sift.extract_local(load_photo("coffee.png")), 16.0)
+    assert verify_pair(query, other, config).inliers < 12

@@ -76,7 +76,7 @@ class DenseEfficientNetLite(Extractor):
         fine_features: int = 1000,
         coarse_features: int = 500,
         query_fine_features: int | None = None,
-        query_coarse_features: int = 800,
+        query_coarse_features: int = 500,
         cache_dir: str | Path,
     ) -> None:
         if min(global_size, fine_size) < 64:
