@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import pickle
+import re
 import time
 from pathlib import Path
 
@@ -32,23 +33,17 @@ import numpy as np
 from retrieval.vision import compact
 from retrieval.vision.datasets import load_pair_dataset, load_retrieval_dataset, same_place_groups
 from retrieval.vision.extractors.effnet_dense import DenseEfficientNetLite
+from retrieval.vision.extractors.registry import matching_config
 from retrieval.vision.features import LocalFeatures
 from retrieval.vision.metrics import roc_auc
 from retrieval.vision.preprocessing import decode_image
-from retrieval.vision.verification import VerificationConfig, tentative_matches, verify_matches
+from retrieval.vision.verification import tentative_matches, verify_matches
 
 log = logging.getLogger("bench.compact_features")
 
-MATCHING = VerificationConfig(
-    ratio=0.95,
-    mutual=True,
-    geometry="fundamental",
-    relative_threshold=0.004,
-    min_inliers=40,
-    per_level=True,
-    score="msac",
-    max_iterations=500,
-)
+# The product's matching of the dense cells (int8 products, MSAC 250), read from the registry.
+MATCHING = matching_config("effnet-lite2-dense")
+QUERY_CELLS = (1000, 500)  # the product's query cells per level (LANDMARKS_DENSE_QUERY_*_CELLS)
 SAME_PLACE = (("WLABS_kyiv", "WGABS_kyiv"), ("WGALBS_submarine", "WGALBS_submarine2"))
 
 
@@ -129,9 +124,25 @@ def _encode(variant: str, features: LocalFeatures, codebooks: dict[str, compact.
     if kind == "int8":
         blob = features.to_bytes(descriptor_dtype="i1")
         return LocalFeatures.from_bytes(blob), len(blob)
+    signs = re.fullmatch(r"sign(\d+)r(\d+)", kind)
+    if signs:
+        # One bit per projected dimension: the catalog cell's signs after a fixed random
+        # projection with orthonormal columns (bits >= dims: q.c = Pq.Pc), compared with the
+        # projected float query (asymmetric), which is what ``signs @ P`` gives back.
+        bits, seed = int(signs[1]), int(signs[2])
+        projection = _projection(bits, features.dim, seed)
+        codes = np.where(features.descriptors @ projection.T >= 0, 1.0, -1.0) / np.sqrt(bits)
+        nbytes = len(features) * (-(-bits // 8) + 2) + 13  # codes + grid keypoints + header
+        return dataclasses.replace(features, descriptors=(codes @ projection).astype(np.float32)), nbytes
     codebook = codebooks[kind]
     blob = compact.encode(features, codebook)
     return compact.decode(blob, codebook), len(blob)
+
+
+def _projection(bits: int, dim: int, seed: int) -> np.ndarray:
+    """(bits, dim) with orthonormal columns (bits >= dim), fixed by its seed."""
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(bits, dim)))
+    return (q * np.sign(np.diag(r))).astype(np.float32)
 
 
 def _verify_all(
@@ -182,15 +193,16 @@ def main() -> None:
     for variant in args.variants:
         kind, counts = variant.split(":")
         fine, coarse = (int(n) for n in counts.split("+"))
-        if kind not in {"float", "int8"} and kind not in codebooks:
+        if kind not in {"float", "int8"} and not kind.startswith("sign") and kind not in codebooks:
             cells = _train_cells(args.train, args.cache, args.out, args.train_limit)
             codebooks[kind] = compact.train_codebook(cells, compact.CodebookSpec.parse(kind), seed=0)
+        query = [_top(features, *QUERY_CELLS) for features in data["query"]]
         catalog, sizes = [], []
         for features in data["catalog"]:
             decoded, nbytes = _encode(kind, _top(features, fine, coarse), codebooks)
             catalog.append(decoded)
             sizes.append(nbytes)
-        true, false, ms = _verify_all(data["query"], catalog, skip, args.seeds)
+        true, false, ms = _verify_all(query, catalog, skip, args.seeds)
         aucs = [roc_auc(t, f) for t, f in zip(true, false, strict=True)]
         row = {
             "variant": variant,
