@@ -42,6 +42,7 @@ def catalog_storage_stats(*, catalog: str | None = None) -> dict[str, Any]:
         "database_bytes": int(database_bytes),
         "tables": table_sizes(),
         "hnsw_indexes": hnsw_index_sizes(),
+        "search_working_set_bytes": search_working_set_bytes(),
     }
 
 
@@ -103,6 +104,27 @@ def table_sizes() -> list[dict[str, Any]]:
         {"name": name, "table_bytes": int(table), "index_bytes": int(index), "total_bytes": int(total)}
         for name, table, index, total in rows
     ]
+
+
+# What a search reads besides the candidates' local features: the descriptor rows (their
+# global descriptors are stored in-row), the DBA descriptors, the images' rows, and the
+# indexes of all three (the HNSW indexes among them).
+SEARCH_TABLES = ("retrieval_imagedescriptor", "retrieval_descriptoraugmentation", "retrieval_catalogimage")
+
+
+def search_working_set_bytes() -> int:
+    """Bytes a search may read apart from the local-feature blobs (TOAST not counted):
+    the main fork of the :data:`SEARCH_TABLES` and all their indexes. With less memory
+    than this for PostgreSQL's cache and the OS page cache together, searches of a large
+    catalog wait on disk reads (bench/README.md, ``scale.py``)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT COALESCE(sum(pg_relation_size(c.oid) + pg_indexes_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname = ANY(%s)",
+            [list(SEARCH_TABLES)],
+        )
+        (total,) = cursor.fetchone()
+    return int(total)
 
 
 def hnsw_index_sizes() -> list[dict[str, Any]]:

@@ -71,6 +71,9 @@ class Command(BaseCommand):
                 f"{table['name']:<32} {human_bytes(table['table_bytes']):>11} "
                 f"{human_bytes(table['index_bytes']):>11} {human_bytes(table['total_bytes']):>11}"
             )
+        out(
+            f"what searches read (tables, indexes; no local features): {human_bytes(stats['search_working_set_bytes'])}"
+        )
         if stats["hnsw_indexes"]:
             out("")
             out(f"{'hnsw index':<32} {'size':>11}")

@@ -130,6 +130,25 @@ def test_it_lists_hnsw_indexes_with_their_size(capsys) -> None:
     assert indexes["test_stats_hnsw"] > 0
 
 
+def test_the_search_working_set_counts_the_hnsw_indexes(capsys) -> None:
+    before = stats_json(capsys)["search_working_set_bytes"]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE INDEX test_stats_hnsw ON retrieval_imagedescriptor "
+            "USING hnsw ((embedding::halfvec(8)) halfvec_cosine_ops)"
+        )
+        cursor.execute("SELECT pg_relation_size('test_stats_hnsw')")
+        (index_bytes,) = cursor.fetchone()
+    assert stats_json(capsys)["search_working_set_bytes"] - before == index_bytes > 0
+
+
+def test_the_search_working_set_leaves_out_the_local_feature_blobs(paris: Catalog, capsys) -> None:
+    before = stats_json(capsys)["search_working_set_bytes"]
+    blob = np.random.default_rng(0).bytes(400_000)  # incompressible: stored out of line (TOAST)
+    ImageDescriptorFactory(image=CatalogImageFactory(catalog=paris), model=paris.active_model, local_features=blob)
+    assert stats_json(capsys)["search_working_set_bytes"] - before < 40_000
+
+
 def test_without_json_it_prints_one_line_per_catalog_then_the_database(paris: Catalog, capsys) -> None:
     call_command("catalog_stats")
     lines = capsys.readouterr().out.splitlines()
