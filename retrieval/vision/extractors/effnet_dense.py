@@ -21,7 +21,9 @@ rows (``LocalFeatures.to_bytes(descriptor_dtype="i1")``); a query, never stored,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -41,6 +43,14 @@ from retrieval.vision.preprocessing import resize_long_side
 
 # Bump when the extraction below changes in a way that changes stored features.
 CODE_VERSION = "1"
+
+
+def parallel_passes() -> bool:
+    """Whether the fine pass runs beside the global ones: when TensorFlow may use several
+    cores for this process (a search worker). An indexing process is pinned to one
+    thread (``TF_NUM_INTRAOP_THREADS=1``, one process per core), where it would only
+    compete with itself."""
+    return os.environ.get("TF_NUM_INTRAOP_THREADS", "").strip() != "1" and (os.cpu_count() or 1) > 1
 
 
 def gem(fmap: np.ndarray, p: float) -> np.ndarray:
@@ -113,6 +123,10 @@ class DenseEfficientNetLite(Extractor):
         self._fine = tf.function(
             lambda x: fine(x[tf.newaxis], training=False)[0], input_signature=signature, reduce_retracing=True
         )
+        # The fine pass is about half the work and independent of the global passes: on
+        # two cores the two halves in parallel beat one pass at a time on both cores
+        # (small depthwise convolutions split poorly across threads; bench/README.md).
+        self._fine_pass = ThreadPoolExecutor(1, thread_name_prefix="fine-pass") if parallel_passes() else None
 
     @property
     def model_name(self) -> str:
@@ -146,6 +160,8 @@ class DenseEfficientNetLite(Extractor):
     def _extract(self, image: np.ndarray, fine_features: int, coarse_features: int) -> ImageFeatures:
         check_rgb(image)
         height, width = image.shape[:2]
+        fine_input = tf.convert_to_tensor(resize_long_side(image, self.fine_size).astype(np.float32))
+        fine_pending = self._fine_pass.submit(self._fine, fine_input) if self._fine_pass is not None else None
         total = np.zeros(HEAD_CHANNELS, np.float64)
         coarse_map: np.ndarray | None = None
         for scale in self.global_scales:
@@ -157,7 +173,7 @@ class DenseEfficientNetLite(Extractor):
         if coarse_map is None:  # scale 1 is not among the global scales
             resized = resize_long_side(image, self.global_size)
             coarse_map = self._fine(tf.convert_to_tensor(resized.astype(np.float32))).numpy()
-        fine_map = self._fine(tf.convert_to_tensor(resize_long_side(image, self.fine_size).astype(np.float32)))
+        fine_map = fine_pending.result() if fine_pending is not None else self._fine(fine_input)
         local = merge_levels(
             cells_from_map(fine_map.numpy(), height, width, fine_features),
             cells_from_map(coarse_map, height, width, coarse_features),

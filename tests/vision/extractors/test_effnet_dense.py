@@ -4,6 +4,7 @@ photos (Lite0 with a 256 px global size and 512 px fine level to stay fast)."""
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ from retrieval.vision.extractors import (  # noqa: E402
     check_spec,
     matching_config,
 )
-from retrieval.vision.extractors.effnet_dense import DenseEfficientNetLite  # noqa: E402
+from retrieval.vision.extractors.effnet_dense import DenseEfficientNetLite, parallel_passes  # noqa: E402
 from retrieval.vision.extractors.efficientnet_lite import EfficientNetLiteGeM  # noqa: E402
 from retrieval.vision.features import LocalFeatures  # noqa: E402
 from retrieval.vision.verification import verify_pair  # noqa: E402
@@ -228,6 +229,31 @@ def test_unrelated_photos_stay_below_the_same_place_threshold(dense: DenseEffici
         for j in range(len(names)):
             if i != j:
                 assert verify_pair(queries[i], catalog[j], matching).inliers < matching.min_inliers, (i, j)
+
+
+def test_the_fine_pass_beside_the_global_ones_gives_the_same_features(
+    dense: DenseEfficientNetLite, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photo = load_photo("astronaut.png")
+    with ThreadPoolExecutor(1) as pool:
+        monkeypatch.setattr(dense, "_fine_pass", pool)
+        parallel = dense.extract_query(photo)
+    monkeypatch.setattr(dense, "_fine_pass", None)
+    sequential = dense.extract_query(photo)
+    np.testing.assert_array_equal(parallel.global_descriptor, sequential.global_descriptor)
+    np.testing.assert_array_equal(parallel.local.descriptors, sequential.local.descriptors)
+    np.testing.assert_array_equal(parallel.local.keypoints, sequential.local.keypoints)
+
+
+@pytest.mark.parametrize(
+    ("threads", "cores", "parallel"), [("", 2, True), ("2", 2, True), ("1", 2, False), ("", 1, False)]
+)
+def test_the_fine_pass_runs_beside_the_global_ones_only_with_several_tensorflow_threads(
+    monkeypatch: pytest.MonkeyPatch, threads: str, cores: int, parallel: bool
+) -> None:
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", threads)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert parallel_passes() is parallel
 
 
 def test_it_rejects_a_non_rgb_image(dense: DenseEfficientNetLite) -> None:
