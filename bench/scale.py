@@ -500,9 +500,10 @@ def _exact_top(matrix: np.ndarray, queries: np.ndarray, k: int, block: int = 100
     best_rows = np.zeros((len(queries), 0), np.int64)
     best_sims = np.zeros((len(queries), 0), np.float32)
     for start in range(0, len(matrix), block):
-        sims = np.concatenate([best_sims, queries @ np.asarray(matrix[start : start + block]).T], axis=1)
-        rows = np.concatenate([best_rows, np.broadcast_to(np.arange(start, start + min(block, len(matrix) - start)),
-                                                          (len(queries), min(block, len(matrix) - start)))], axis=1)  # fmt: skip
+        part = np.asarray(matrix[start : start + block])
+        sims = np.concatenate([best_sims, queries @ part.T], axis=1)
+        ids = np.arange(start, start + len(part))
+        rows = np.concatenate([best_rows, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
         keep = np.argpartition(-sims, k, axis=1)[:, :k] if sims.shape[1] > k else np.argsort(-sims, axis=1)
         best_rows, best_sims = np.take_along_axis(rows, keep, 1), np.take_along_axis(sims, keep, 1)
     return best_rows
@@ -617,9 +618,9 @@ def _prewarm(model: Any) -> int:
     PostgreSQL's buffers with pg_prewarm; returns their total size in bytes."""
     from django.db import connection
 
-    from retrieval.models import CatalogImage, DescriptorAugmentation, ImageDescriptor
+    from retrieval.storage_stats import SEARCH_TABLES
 
-    tables = [m._meta.db_table for m in (ImageDescriptor, DescriptorAugmentation, CatalogImage)]
+    tables = list(SEARCH_TABLES)
     with connection.cursor() as cursor:
         cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
         cursor.execute(
