@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 BROWSER_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
@@ -69,10 +70,16 @@ def browser(chromium: object) -> Iterator[object]:
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float = 60, message: str = "") -> object:
-    """Poll ``condition`` until it returns something truthy."""
+    """Poll ``condition`` until it returns something truthy.
+
+    A page that re-renders while it polls (the jobs page replaces its rows) can detach an
+    element between ``find_element`` and reading it; that counts as "not yet"."""
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         if time.monotonic() > deadline:

@@ -235,10 +235,10 @@ def test_the_jobs_page_follows_a_running_import_without_reloading(
         return browser.find_element(By.CSS_SELECTOR, f"#import-{job.pk} .percent").text
 
     services.image_index(image_id=images[0].pk)
-    wait_for(lambda: shown() == "33.3%", timeout=15, message=f"the page still shows {shown()}")
+    wait_for(lambda: shown() == "33.3%", timeout=15, message="the page did not show 33.3%")
     for image in images[1:]:
         services.image_index(image_id=image.pk)
-    wait_for(lambda: shown() == "100.0%", timeout=15, message=f"the page still shows {shown()}")
+    wait_for(lambda: shown() == "100.0%", timeout=15, message="the page did not show 100.0%")
     assert browser.execute_script("return window.notReloaded === true")
     row = browser.find_element(By.ID, f"import-{job.pk}")
     assert "3 of 3 indexed" in row.text and "finished" in (row.get_attribute("class") or "")
