@@ -27,6 +27,7 @@ def extractor_config(spec: str | None = None) -> ExtractorConfig:
         max_local_cells=settings.LANDMARKS_MAX_LOCAL_CELLS,
         query_scales=tuple(settings.LANDMARKS_QUERY_SCALES),
         dense_fine_size=settings.LANDMARKS_DENSE_FINE_SIZE,
+        dense_global_scales=tuple(settings.LANDMARKS_DENSE_GLOBAL_SCALES),
         dense_fine_cells=settings.LANDMARKS_DENSE_FINE_CELLS,
         dense_coarse_cells=settings.LANDMARKS_DENSE_COARSE_CELLS,
         dense_query_fine_cells=settings.LANDMARKS_DENSE_QUERY_FINE_CELLS,

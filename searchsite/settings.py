@@ -237,6 +237,9 @@ LANDMARKS_QUERY_SCALES = env.get_float_list("LANDMARKS_QUERY_SCALES", [0.5, 1.0,
 # effnet-*-dense (the default): cells kept at 1024 px (fine) and at the global size
 # (LANDMARKS_GLOBAL_IMAGE_SIZE, 512 px: coarse) per catalog photo, and the coarse cells of a query (never stored, so it may keep more).
 LANDMARKS_DENSE_FINE_SIZE = env.get_int("LANDMARKS_DENSE_FINE_SIZE", 1024, minimum=64)
+# effnet-*-dense: the global descriptor's scales (of LANDMARKS_GLOBAL_IMAGE_SIZE). At 2 the
+# largest global pass is the fine pass (1024 px), so a photo takes three network passes, not four.
+LANDMARKS_DENSE_GLOBAL_SCALES = env.get_float_list("LANDMARKS_DENSE_GLOBAL_SCALES", [0.7071, 1.0, 2.0], minimum=0.05)
 LANDMARKS_DENSE_FINE_CELLS = env.get_int("LANDMARKS_DENSE_FINE_CELLS", 1000, minimum=10)
 LANDMARKS_DENSE_COARSE_CELLS = env.get_int("LANDMARKS_DENSE_COARSE_CELLS", 500, minimum=0)
 LANDMARKS_DENSE_QUERY_FINE_CELLS = env.get_int("LANDMARKS_DENSE_QUERY_FINE_CELLS", 1000, minimum=10)

@@ -8,7 +8,8 @@ Here one ImageNet EfficientNet-Lite serves both, and every pass through it is us
 - the pass at ``global_size`` itself (scale 1) also yields the stride-16 map: the
   **coarse** level of dense cells (32 px cells at 512 px);
 - one more pass at ``fine_size``, stopped at stride 16, yields the **fine** level
-  (16 px cells at 1024 px).
+  (16 px cells at 1024 px). When a global size equals ``fine_size`` (scale 2 of 512 px,
+  the default) that global pass yields the fine level too, and no pass is run twice.
 
 Two levels replace the query at three sizes of ``effnet-lite2-local``: a photo taken
 twice as near or as far pairs the query's fine cells with the catalog's coarse ones or
@@ -127,6 +128,8 @@ class DenseEfficientNetLite(Extractor):
         # two cores the two halves in parallel beat one pass at a time on both cores
         # (small depthwise convolutions split poorly across threads; bench/README.md).
         self._fine_pass = ThreadPoolExecutor(1, thread_name_prefix="fine-pass") if parallel_passes() else None
+        # A global scale whose pass is the fine pass (its size rounds to ``fine_size``).
+        self._fine_scale = next((s for s in self.global_scales if round(s * self.global_size) == self.fine_size), None)
 
     @property
     def model_name(self) -> str:
@@ -161,10 +164,13 @@ class DenseEfficientNetLite(Extractor):
         check_rgb(image)
         height, width = image.shape[:2]
         fine_input = tf.convert_to_tensor(resize_long_side(image, self.fine_size).astype(np.float32))
-        fine_pending = self._fine_pass.submit(self._fine, fine_input) if self._fine_pass is not None else None
+        fine_pass = self._fine if self._fine_scale is None else self._both
+        fine_pending = self._fine_pass.submit(fine_pass, fine_input) if self._fine_pass is not None else None
         total = np.zeros(HEAD_CHANNELS, np.float64)
         coarse_map: np.ndarray | None = None
         for scale in self.global_scales:
+            if scale == self._fine_scale:
+                continue
             resized = resize_long_side(image, scale * self.global_size)
             cells, head = self._both(tf.convert_to_tensor(resized.astype(np.float32)))
             total += gem(head.numpy(), self.gem_p)
@@ -173,9 +179,15 @@ class DenseEfficientNetLite(Extractor):
         if coarse_map is None:  # scale 1 is not among the global scales
             resized = resize_long_side(image, self.global_size)
             coarse_map = self._fine(tf.convert_to_tensor(resized.astype(np.float32))).numpy()
-        fine_map = fine_pending.result() if fine_pending is not None else self._fine(fine_input)
+        fine_output = fine_pending.result() if fine_pending is not None else fine_pass(fine_input)
+        if self._fine_scale is None:
+            fine_map = fine_output.numpy()
+        else:
+            fine_cells, fine_head = fine_output
+            fine_map = fine_cells.numpy()
+            total += gem(fine_head.numpy(), self.gem_p)
         local = merge_levels(
-            cells_from_map(fine_map.numpy(), height, width, fine_features),
+            cells_from_map(fine_map, height, width, fine_features),
             cells_from_map(coarse_map, height, width, coarse_features),
         )
         return ImageFeatures(global_descriptor=(total / np.linalg.norm(total)).astype(np.float32), local=local)

@@ -47,8 +47,10 @@ class ExtractorConfig:
     # extractor's working size (effnet-*-local: 1024 px), and each catalog candidate is
     # verified against the size that matches it best (docs/quality.md).
     query_scales: tuple[float, ...]
-    # effnet-*-dense: the fine level's image size and cells kept per level.
+    # effnet-*-dense: the fine level's image size, the global descriptor's scales (one at
+    # ``dense_fine_size`` shares that pass) and cells kept per level.
     dense_fine_size: int
+    dense_global_scales: tuple[float, ...]
     dense_fine_cells: int
     dense_coarse_cells: int
     dense_query_fine_cells: int
@@ -104,7 +106,7 @@ def _effnet_dense(variant: str, config: ExtractorConfig, _name: str) -> Extracto
         spec=config.spec,
         variant=variant,
         global_size=config.global_image_size,
-        global_scales=config.global_scales,
+        global_scales=config.dense_global_scales,
         fine_size=config.dense_fine_size,
         fine_features=config.dense_fine_cells,
         coarse_features=config.dense_coarse_cells,

@@ -16,9 +16,10 @@ def extractor_config(spec: str, cache_dir: Path, **overrides: object) -> Extract
         "max_local_cells": 2000,
         "query_scales": (0.5, 1.0, 2.0),
         "dense_fine_size": 1024,
+        "dense_global_scales": (0.7071, 1.0, 2.0),
         "dense_fine_cells": 1000,
         "dense_coarse_cells": 500,
-        "dense_query_fine_cells": 1500,
-        "dense_query_coarse_cells": 800,
+        "dense_query_fine_cells": 1000,
+        "dense_query_coarse_cells": 500,
     }
     return ExtractorConfig(spec=spec, cache_dir=cache_dir, **{**values, **overrides})  # type: ignore[arg-type]

@@ -36,8 +36,8 @@ class Cells(Extractor):
 def cells_config(cache_dir: Path, codebook: Path) -> ExtractorConfig:
     return ExtractorConfig(
         spec="cells", cache_dir=cache_dir, global_image_size=0, global_scales=(1.0,), max_keypoints=0,
-        max_local_cells=0, query_scales=(1.0,), dense_fine_size=0, dense_fine_cells=0, dense_coarse_cells=0,
-        dense_query_fine_cells=0, dense_query_coarse_cells=0, local_codebook=codebook,
+        max_local_cells=0, query_scales=(1.0,), dense_fine_size=0, dense_global_scales=(1.0,), dense_fine_cells=0,
+        dense_coarse_cells=0, dense_query_fine_cells=0, dense_query_coarse_cells=0, local_codebook=codebook,
     )  # fmt: skip
 
 

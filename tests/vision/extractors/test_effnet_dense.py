@@ -148,7 +148,7 @@ def test_the_global_descriptor_is_the_gem_extractors(
     dense: DenseEfficientNetLite, config: ExtractorConfig, models_dir: Path
 ) -> None:
     gem = EfficientNetLiteGeM(
-        variant="lite0", image_size=config.global_image_size, scales=config.global_scales, cache_dir=models_dir
+        variant="lite0", image_size=config.global_image_size, scales=config.dense_global_scales, cache_dir=models_dir
     )
     for name in ("chelsea.png", "rocket.jpg"):
         photo = load_photo(name)
@@ -231,9 +231,45 @@ def test_unrelated_photos_stay_below_the_same_place_threshold(dense: DenseEffici
                 assert verify_pair(queries[i], catalog[j], matching).inliers < matching.min_inliers, (i, j)
 
 
-def test_the_fine_pass_beside_the_global_ones_gives_the_same_features(
+@pytest.fixture(scope="module")
+def separate(config: ExtractorConfig) -> DenseEfficientNetLite:
+    """A dense extractor whose global sizes all differ from the fine size (its own pass)."""
+    extractor = build_extractor(dataclasses.replace(config, dense_global_scales=(0.7071, 1.0, 1.4142)))
+    assert isinstance(extractor, DenseEfficientNetLite)
+    return extractor
+
+
+def _count_passes(extractor: DenseEfficientNetLite, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    for name in ("_both", "_fine"):
+        network_pass = getattr(extractor, name)
+        monkeypatch.setattr(extractor, name, lambda x, name=name, run=network_pass: calls.append(name) or run(x))
+    return calls
+
+
+def test_a_global_pass_at_the_fine_size_also_gives_the_fine_level(
     dense: DenseEfficientNetLite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    assert dense.global_size * max(dense.global_scales) == dense.fine_size
+    photo = load_photo("rocket.jpg")
+    passes = _count_passes(dense, monkeypatch)
+    once = dense.extract(photo)
+    assert sorted(passes) == ["_both"] * 3
+    monkeypatch.setattr(dense, "_fine_scale", None)  # the fine level from a pass of its own
+    passes.clear()
+    twice = dense.extract(photo)
+    assert sorted(passes) == ["_both"] * 3 + ["_fine"]
+    np.testing.assert_allclose(once.global_descriptor, twice.global_descriptor, atol=1e-6)
+    np.testing.assert_array_equal(once.local.descriptors, twice.local.descriptors)
+    np.testing.assert_array_equal(once.local.keypoints, twice.local.keypoints)
+    np.testing.assert_array_equal(once.local.scales, twice.local.scales)
+
+
+@pytest.mark.parametrize("extractor", ["dense", "separate"])
+def test_the_fine_pass_beside_the_global_ones_gives_the_same_features(
+    extractor: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dense = request.getfixturevalue(extractor)
     photo = load_photo("astronaut.png")
     with ThreadPoolExecutor(1) as pool:
         monkeypatch.setattr(dense, "_fine_pass", pool)
