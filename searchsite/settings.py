@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -253,6 +254,8 @@ LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
 # Verification stops early once the answer is decided (services/search: at least this
 # many candidates verified, one landmark far ahead); 0 always verifies VERIFY_TOP.
 LANDMARKS_VERIFY_EARLY_STOP = env.get_int("LANDMARKS_VERIFY_EARLY_STOP", 10, minimum=0)
+# Candidates verified at once by one search (threads: matching and RANSAC release the GIL).
+LANDMARKS_VERIFY_THREADS = env.get_int("LANDMARKS_VERIFY_THREADS", min(4, os.cpu_count() or 1), minimum=1)
 # Inliers for "same place"; unset: the value calibrated for the local feature in use.
 LANDMARKS_MIN_INLIERS = env.get_optional_int("LANDMARKS_MIN_INLIERS", minimum=4)
 # A new catalog photo is flagged (not refused) as the near duplicate of an earlier one of

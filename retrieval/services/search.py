@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -172,6 +175,7 @@ class SearchConfig:
     shortlist_size: int
     verify_top: int
     verify_early_stop: int
+    verify_threads: int
     hnsw_ef_search: int
     qe_neighbours: int
     expansion_alpha: float
@@ -183,6 +187,7 @@ class SearchConfig:
             shortlist_size=settings.LANDMARKS_SHORTLIST_SIZE,
             verify_top=settings.LANDMARKS_VERIFY_TOP,
             verify_early_stop=settings.LANDMARKS_VERIFY_EARLY_STOP,
+            verify_threads=settings.LANDMARKS_VERIFY_THREADS,
             hnsw_ef_search=settings.LANDMARKS_HNSW_EF_SEARCH,
             qe_neighbours=settings.LANDMARKS_QE_NEIGHBOURS,
             expansion_alpha=settings.LANDMARKS_EXPANSION_ALPHA,
@@ -344,25 +349,51 @@ def _verify(
     min_inliers: int,
     config: SearchConfig,
 ) -> _Verified:
-    """RANSAC-verify candidates in shortlist order, LANDMARKS_VERIFY_EARLY_STOP at a time
-    (their blobs read in one query each), until one landmark leads decisively."""
+    """RANSAC-verify candidates in shortlist order, LANDMARKS_VERIFY_EARLY_STOP at a time,
+    until one landmark leads decisively. Candidates are verified on
+    LANDMARKS_VERIFY_THREADS threads while this one reads the next chunk's blobs (one
+    query a chunk)."""
     matching = matching_config(extractor.model_name)
     ids = [c.image_id for c in shortlist.candidates[: config.verify_top]]
     early = config.verify_early_stop
-    chunk = early or len(ids) or 1
+    size = early or _VERIFY_CHUNK
+    chunks = [ids[start : start + size] for start in range(0, len(ids), size)]
     verified = _Verified(best={}, stored={}, stopped_early=False)
-    for start in range(0, len(ids), chunk):
-        part = ids[start : start + chunk]
-        verified.stored.update(selectors.local_features_for(model=model, image_ids=part, codec=extractor.codec))
-        for image_id in part:
-            if image_id in verified.stored:
-                verified.best[image_id] = verify_best(features.local_sets, verified.stored[image_id], matching)
-        if early and start + chunk < len(ids):
+    pool = _verify_pool(config.verify_threads, os.getpid())
+
+    def read(part: list[int]) -> dict[int, LocalFeatures]:
+        return selectors.local_features_for(model=model, image_ids=part, codec=extractor.codec)
+
+    def check(image_id: int) -> tuple[int, Verification]:
+        return verify_best(features.local_sets, verified.stored[image_id], matching)
+
+    prefetched: dict[int, LocalFeatures] | None = None
+    for index, part in enumerate(chunks):
+        verified.stored.update(read(part) if prefetched is None else prefetched)
+        present = [image_id for image_id in part if image_id in verified.stored]
+        pending = [pool.submit(check, image_id) for image_id in present] if pool else None
+        prefetched = read(chunks[index + 1]) if pool and index + 1 < len(chunks) else None
+        results = [future.result() for future in pending] if pending is not None else list(map(check, present))
+        # Each pair's RANSAC has its own seed: the same results on any thread, in any order.
+        verified.best.update(zip(present, results, strict=True))
+        if early and index + 1 < len(chunks):
             labels = [shortlist.labels.get(i) for i in verified.best]
             if answer_decided(list(verified.inliers.values()), labels, min_inliers=min_inliers):
                 verified.stopped_early = True
                 break
     return verified
+
+
+# Blobs read per query when every candidate is verified (LANDMARKS_VERIFY_EARLY_STOP=0),
+# so that reading overlaps verifying.
+_VERIFY_CHUNK = 20
+
+
+@functools.cache
+def _verify_pool(threads: int, _pid: int) -> ThreadPoolExecutor | None:
+    """The process's verification threads (None for one: verify in the calling thread).
+    Keyed by process id: a forked child has none of its parent's threads."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="verify") if threads > 1 else None
 
 
 def _results(

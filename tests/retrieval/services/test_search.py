@@ -87,3 +87,26 @@ def test_a_retry_after_a_database_error_does_not_count_as_an_attempt(catalog: Ca
     )
     services.search_execute(query_id=query.pk, task_id="task-1", retry=True)
     assert _status(query) == "done"
+
+
+def test_verification_on_several_threads_gives_what_one_thread_gives(real_photos, settings) -> None:
+    catalog = CatalogFactory()
+    for name, photo in real_photos.items():
+        image = services.image_ingest(catalog=catalog, data=encode(photo), filename=f"{name}.jpg", enqueue=False).image
+        services.image_index(image_id=image.pk, task_id=f"index-{name}")
+    # Four candidates a chunk, never decided: every candidate verified, blobs read ahead.
+    settings.LANDMARKS_VERIFY_EARLY_STOP = 4
+    settings.LANDMARKS_MIN_INLIERS = 100_000
+    answers = []
+    for threads in (1, 3):
+        settings.LANDMARKS_VERIFY_THREADS = threads
+        query = services.search_create(
+            catalog=catalog, data=encode(real_photos["rocket"], quality=80), filename="q.jpg", enqueue=False
+        )
+        services.search_execute(query_id=query.pk, task_id=f"search-{threads}")
+        done = SearchQuery.objects.get(pk=query.pk)
+        assert done.status == "done", done.error
+        answers.append([(r["image_id"], r["inliers"], r["checked"]) for r in done.results])
+    assert answers[0] == answers[1]
+    assert len(answers[0]) >= 5 and all(checked for _, _, checked in answers[0])
+    assert answers[0][0][1] >= 40  # the rocket itself
