@@ -349,10 +349,10 @@ def _verify(
     min_inliers: int,
     config: SearchConfig,
 ) -> _Verified:
-    """RANSAC-verify candidates in shortlist order, LANDMARKS_VERIFY_EARLY_STOP at a time,
-    until one landmark leads decisively. Candidates are verified on
-    LANDMARKS_VERIFY_THREADS threads while this one reads the next chunk's blobs (one
-    query a chunk)."""
+    """RANSAC-verify candidates in shortlist order, LANDMARKS_VERIFY_EARLY_STOP at a time
+    (their blobs read in one query a chunk), until one landmark leads decisively. After the
+    first chunk, candidates are verified on LANDMARKS_VERIFY_THREADS threads while this
+    one reads the next chunk's blobs."""
     matching = matching_config(extractor.model_name)
     ids = [c.image_id for c in shortlist.candidates[: config.verify_top]]
     early = config.verify_early_stop
@@ -371,8 +371,12 @@ def _verify(
     for index, part in enumerate(chunks):
         verified.stored.update(read(part) if prefetched is None else prefetched)
         present = [image_id for image_id in part if image_id in verified.stored]
-        pending = [pool.submit(check, image_id) for image_id in present] if pool else None
-        prefetched = read(chunks[index + 1]) if pool and index + 1 < len(chunks) else None
+        # Most searches are decided on the first chunk, verified in this thread: under load
+        # the threads cost more than they save (bench/README.md). A search still undecided
+        # verifies on the pool while this thread reads the next chunk.
+        threads = pool if index > 0 else None
+        pending = [threads.submit(check, image_id) for image_id in present] if threads else None
+        prefetched = read(chunks[index + 1]) if threads and index + 1 < len(chunks) else None
         results = [future.result() for future in pending] if pending is not None else list(map(check, present))
         # Each pair's RANSAC has its own seed: the same results on any thread, in any order.
         verified.best.update(zip(present, results, strict=True))
