@@ -240,6 +240,8 @@ def separate(config: ExtractorConfig) -> DenseEfficientNetLite:
 
 
 def _count_passes(extractor: DenseEfficientNetLite, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the network passes ``extractor`` runs from now on (``_both``: to the
+    head, ``_fine``: to stride 16), one entry a pass."""
     calls: list[str] = []
     for name in ("_both", "_fine"):
         network_pass = getattr(extractor, name)
