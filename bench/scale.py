@@ -129,6 +129,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
+    from retrieval import services
     from retrieval.extraction import get_extractor
 
     extractor = get_extractor()
@@ -165,8 +166,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     )[1]
     result.update(_searches(catalog, model, extractor, seeds, args.dataset, ef_search=chosen["ef_search"]))
     # The same searches once the rows a search reads are in memory, as on a server that
-    # has been answering for a while (or ran pg_prewarm after a restart).
-    result["hot_relation_bytes"] = _prewarm(model)
+    # has been answering for a while, or whose search worker has just started (it reads
+    # them with the same service: searchsite/celery.py).
+    start = time.perf_counter()
+    result["hot_relation_bytes"] = sum(r.bytes for r in services.search_working_set_prewarm())
+    result["prewarm_seconds"] = round(time.perf_counter() - start, 1)
     warm = _searches(catalog, model, extractor, seeds, args.dataset, ef_search=chosen["ef_search"])
     result.update({f"prewarmed_{key}": value for key, value in warm.items()})
     result["dba_ms_per_new_image"] = _dba_updates(catalog, model, centres, centre_seed, seeds, args, rng)
@@ -611,30 +615,6 @@ def _dba_updates(
         )
         return round((time.perf_counter() - start) * 1000 / len(added), 1)
     return round(statistics.median(times), 1)
-
-
-def _prewarm(model: Any) -> int:
-    """Load the tables a search reads and their indexes (not the local-feature blobs' TOAST) into
-    PostgreSQL's buffers with pg_prewarm; returns their total size in bytes."""
-    from django.db import connection
-
-    from retrieval.storage_stats import SEARCH_TABLES
-
-    tables = list(SEARCH_TABLES)
-    with connection.cursor() as cursor:
-        cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-        cursor.execute(
-            "SELECT array_agg(c.oid::regclass::text) FROM pg_class c WHERE c.oid = ANY(%s::regclass[])"
-            " OR c.oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = ANY(%s::regclass[]))",
-            [tables, tables],
-        )
-        relations = cursor.fetchone()[0]
-        total = 0
-        for relation in relations:
-            cursor.execute("SELECT pg_prewarm(%s), pg_relation_size(%s)", [relation, relation])
-            total += cursor.fetchone()[1]
-        logger.info("prewarmed %s: %.1f GB", ", ".join(relations), total / 1e9)
-    return int(total)
 
 
 def _rss_bytes() -> int:

@@ -85,7 +85,7 @@ class Site:
         url = read_services_file(self.data_dir)["DATABASE_URL"]
         with psycopg2.connect(url) as connection, connection.cursor() as cursor:
             cursor.execute(query, params)
-            rows = cursor.fetchall()
+            rows = cursor.fetchall() if cursor.description else []
         connection.close()
         return rows
 
@@ -96,12 +96,18 @@ class Site:
         )  # fmt: skip
 
     def worker(self, queue: str) -> psutil.Process:
-        """The main process of the Celery worker of ``queue`` (started by the launcher)."""
+        """The main process of the Celery worker of ``queue`` (``-Q`` as the launcher gives it)."""
+        process = self.find_worker(queue)
+        if process is None:
+            raise AssertionError(f"no {queue} worker; launcher log:\n{self.tail()}")
+        return process
+
+    def find_worker(self, queue: str) -> psutil.Process | None:
         for process in psutil.Process(self.launcher.pid).children():
             cmdline = process.cmdline()
             if "worker" in cmdline and queue in cmdline:
                 return process
-        raise AssertionError(f"no {queue} worker; launcher log:\n{self.tail()}")
+        return None
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -272,6 +278,26 @@ def test_a_killed_worker_is_restarted_and_the_import_completes(site: Site, tmp_p
     worker = site.worker("index")
     _import_then_kill(site, tmp_path, "kill-worker", lambda: worker.send_signal(signal.SIGKILL))
     _wait_until(lambda: site.worker("index").pid != worker.pid, 60, "a new index worker", site)
+
+
+def test_a_restarted_search_worker_reads_the_hnsw_index_back_into_postgres_cache(site: Site, tmp_path: Path) -> None:
+    folder = _photo_folder(tmp_path / "photos", REAL_PHOTOS[:2])
+    imported = site.manage("import_catalog", str(folder), "--catalog", "prewarm", "--wait")
+    assert imported.returncode == 0, imported.stdout + imported.stderr
+    (index,), *_ = site.sql("SELECT indexname FROM pg_indexes WHERE indexdef ILIKE '%%hnsw%%' ORDER BY 1")
+    cached = (
+        "SELECT count(*) FROM pg_buffercache WHERE relfilenode = pg_relation_filenode(%s::regclass)"
+        " AND reldatabase = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    ((blocks,),) = site.sql("SELECT pg_relation_size(%s::regclass) / 8192", index)
+    site.sql("CREATE EXTENSION IF NOT EXISTS pg_buffercache")
+    site.sql("SELECT pg_buffercache_evict_relation(%s::regclass)", index)
+    assert site.sql(cached, index) == [(0,)]
+    worker = site.worker("search,housekeeping")
+    worker.send_signal(signal.SIGKILL)
+    _wait_until(lambda: site.find_worker("search,housekeeping") not in (None, worker), 60, "a new search worker", site)
+    _wait_until(lambda: site.sql(cached, index) == [(blocks,)], 120, "the HNSW index read back", site)
+    assert blocks > 1
 
 
 def test_a_redis_outage_answers_503_keeps_the_site_up_and_loses_no_upload(site: Site, tmp_path: Path) -> None:

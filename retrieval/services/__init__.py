@@ -7,6 +7,7 @@
 - ``search``: storing, running, waiting for and purging searches
 - ``reindex``: re-extracting catalogs with another model in the background
 - ``thumbnails``: the small JPEGs the pages show instead of the originals
+- ``prewarm``: reading what searches need into PostgreSQL's cache
 - ``queueing``: claims on rows and sending tasks (with the sweep in ``retrieval.recovery``)
 
 The names below are the public API the views, commands, tasks and tests call.
@@ -37,6 +38,7 @@ from retrieval.services.ingest import (
     import_job_finish,
     import_job_start,
 )
+from retrieval.services.prewarm import PrewarmedRelation, search_working_set_prewarm
 from retrieval.services.queueing import DATABASE_ERRORS
 from retrieval.services.reindex import catalog_select_model, reindex_run, reindex_start
 from retrieval.services.search import search_create, search_execute, search_purge_expired, search_wait
@@ -45,6 +47,7 @@ from retrieval.services.thumbnails import thumbnail_ensure, thumbnail_name, thum
 __all__ = [
     "DATABASE_ERRORS",
     "IngestResult",
+    "PrewarmedRelation",
     "UploadReport",
     "catalog_augment",
     "catalog_create",
@@ -74,6 +77,7 @@ __all__ = [
     "search_execute",
     "search_purge_expired",
     "search_wait",
+    "search_working_set_prewarm",
     "thumbnail_ensure",
     "thumbnail_name",
     "thumbnail_store",

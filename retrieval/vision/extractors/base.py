@@ -94,3 +94,11 @@ class Extractor(abc.ABC):
         """Features of a search query: ``extract`` plus, where the pipeline has them,
         local features at more image sizes (``ImageFeatures.local_rescaled``)."""
         return self.extract(image)
+
+    def warm_up(self) -> None:
+        """Run one small synthetic photo through :meth:`extract` and :meth:`extract_query`,
+        so that one-off costs (TensorFlow traces a function on its first call) are paid
+        before the first real photo."""
+        photo = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+        self.extract(photo)
+        self.extract_query(photo)

@@ -308,3 +308,16 @@ def test_the_dense_specs_are_known(spec: str) -> None:
 def test_other_dense_specs_are_refused(spec: str) -> None:
     with pytest.raises(UnknownModelError):
         check_spec(spec)
+
+
+def test_after_a_warm_up_the_first_photo_traces_no_function(config: ExtractorConfig) -> None:
+    extractor = build_extractor(config)
+    assert isinstance(extractor, DenseEfficientNetLite)
+    extractor.warm_up()
+    traced = {name: getattr(extractor, name).experimental_get_tracing_count() for name in ("_both", "_fine")}
+    assert traced["_both"] >= 1
+
+    extractor.extract(load_photo("rocket.jpg"))
+    extractor.extract_query(load_photo("astronaut.png"))
+
+    assert {name: getattr(extractor, name).experimental_get_tracing_count() for name in ("_both", "_fine")} == traced
