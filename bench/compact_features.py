@@ -43,7 +43,7 @@ log = logging.getLogger("bench.compact_features")
 
 # The product's matching of the dense cells (int8 products, MSAC 250), read from the registry.
 MATCHING = matching_config("effnet-lite2-dense")
-QUERY_CELLS = (1000, 500)  # the product's query cells per level (LANDMARKS_DENSE_QUERY_*_CELLS)
+QUERY_CELLS = "1000+500"  # the product's query cells per level (LANDMARKS_DENSE_QUERY_*_CELLS)
 SAME_PLACE = (("WLABS_kyiv", "WGABS_kyiv"), ("WGALBS_submarine", "WGALBS_submarine2"))
 
 
@@ -173,6 +173,10 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=250)
     parser.add_argument("--variants", nargs="+", default=["int8:1000+500"])
     parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--train-seed", type=int, default=0, help="k-means seed of the codebooks")
+    parser.add_argument(
+        "--query-cells", default=QUERY_CELLS, help="query cells per level, fine+coarse (at most 1500+800)"
+    )
     parser.add_argument("--cache", type=Path, default=Path("var/models"))
     parser.add_argument("--out", type=Path, default=Path("bench/out"))
     parser.add_argument("--json", type=Path)
@@ -195,8 +199,9 @@ def main() -> None:
         fine, coarse = (int(n) for n in counts.split("+"))
         if kind not in {"float", "int8"} and not kind.startswith("sign") and kind not in codebooks:
             cells = _train_cells(args.train, args.cache, args.out, args.train_limit)
-            codebooks[kind] = compact.train_codebook(cells, compact.CodebookSpec.parse(kind), seed=0)
-        query = [_top(features, *QUERY_CELLS) for features in data["query"]]
+            codebooks[kind] = compact.train_codebook(cells, compact.CodebookSpec.parse(kind), seed=args.train_seed)
+        query_cells = [int(n) for n in args.query_cells.split("+")]
+        query = [_top(features, *query_cells) for features in data["query"]]
         catalog, sizes = [], []
         for features in data["catalog"]:
             decoded, nbytes = _encode(kind, _top(features, fine, coarse), codebooks)
@@ -206,7 +211,9 @@ def main() -> None:
         aucs = [roc_auc(t, f) for t, f in zip(true, false, strict=True)]
         row = {
             "variant": variant,
+            "query_cells": args.query_cells,
             "train": args.train,
+            "train_seed": args.train_seed,
             "auc_mean": float(np.mean(aucs)),
             "auc_min": float(min(aucs)),
             "auc_max": float(max(aucs)),
