@@ -180,6 +180,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         catalog, model, centres, centre_seed, seeds, args, rng, together=True
     )
     result.update(_sizes(args.images))
+    result.update(_worker_memory(args.dataset))
     result["bench_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["bench_rss_mb_at_end"] = round(_rss_bytes() / 2**20, 1)
     return result
@@ -617,6 +618,21 @@ def _dba_updates(
         )
         return round((time.perf_counter() - start) * 1000 / len(added), 1)
     return round(statistics.median(times), 1)
+
+
+def _worker_memory(dataset: Path) -> dict[str, float]:
+    """A worker's RSS on this catalog, measured in a process of its own (this one holds
+    the exact-search matrix): ``bench/worker_memory.py``."""
+    import subprocess
+
+    from django.db import connections
+
+    connections.close_all()
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "worker_memory.py"), str(dataset)],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _rss_bytes() -> int:
