@@ -1,8 +1,7 @@
 """Reading what a search needs into PostgreSQL's cache before the first search asks for it.
 
-At a million photos a search on a cold cache waits on ~6,000 random reads of the HNSW
-index (bench/README.md, ``scale.py``: p50 875 ms cold, 188 ms warm). The search worker
-calls :func:`search_working_set_prewarm` when it starts (``searchsite.celery``), and
+At a million photos a search on a cold cache waits on thousands of random reads of the
+HNSW index (bench/README.md, ``scale.py``). The search worker calls :func:`search_working_set_prewarm` when it starts (``searchsite.celery``), and
 operators may run it with ``manage.py prewarm``. The local-feature blobs are not read:
 a search reads ten to a hundred of them, and they are the bulk of the database.
 """
