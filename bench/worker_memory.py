@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 from pathlib import Path
 
@@ -24,6 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ``getrusage``'s maxrss, which Linux keeps
+    across ``execve``, it starts again with the program, not with the parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def main() -> int:
@@ -71,7 +79,7 @@ def main() -> int:
     descriptors_augment_incremental(
         catalog=catalog, model=model, image_ids=rows, neighbours=settings.LANDMARKS_DBA_NEIGHBOURS
     )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mb()
     print(json.dumps({"worker_rss_mb_after_load": round(loaded, 1), "worker_peak_rss_mb": round(peak, 1)}))
     return 0
 
