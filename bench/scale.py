@@ -68,7 +68,7 @@ def main() -> int:
     args = _arguments()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.path.insert(0, str(ROOT))
-    db_dir = OUT / "scale-db"
+    db_dir = args.db_dir
     if db_dir.exists():
         shutil.rmtree(db_dir)
     from searchsite.embedded import EmbeddedPostgres
@@ -119,7 +119,16 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=200, help="synthetic queries for latency and recall")
     parser.add_argument("--new-images", type=int, default=20, help="images added one by one for the DBA update")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--keep", action="store_true", help="keep the database under bench/out/scale-db")
+    parser.add_argument("--keep", action="store_true", help="keep the database (--db-dir)")
+    parser.add_argument(
+        "--db-dir", type=Path, default=OUT / "scale-db", help="the throw-away database's folder (emptied first)"
+    )
+    parser.add_argument(
+        "--binary-pools",
+        default="",
+        help="comma-separated pools: also measure an HNSW index on binary_quantize(descriptor) (Hamming), its"
+        " pool re-ranked by the halfvec cosine (pgvector's binary quantisation with re-ranking)",
+    )
     return parser.parse_args()
 
 
@@ -160,6 +169,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     result["shortlist_uses_index"] = _uses_index(catalog, model, matrix[0])[0]
     result["per_ef_search"] = _shortlists(catalog, model, matrix, centres, args, rng)
     chosen = _chosen(result["per_ef_search"])
+    if args.binary_pools:
+        result["binary_index"] = _binary_shortlists(catalog, model, matrix, centres, args, rng)
     real = np.arange(len(matrix) - len(seeds["X"]), len(matrix)) if others else np.zeros(0, np.int64)
     result["augment_seconds"] = _augment_catalog(catalog, matrix, landmark_of, real)
     result.update(chosen)
@@ -499,6 +510,66 @@ def _shortlists(
         })  # fmt: skip
         logger.info("ef_search %d: %s", ef, rows[-1])
     return rows
+
+
+def _binary_shortlists(
+    catalog: Any, model: Any, matrix: np.ndarray, centres: np.ndarray, args: argparse.Namespace,
+    rng: np.random.Generator,
+) -> dict[str, Any]:  # fmt: skip
+    """pgvector's binary quantisation with re-ranking, for comparison with the product's
+    halfvec index: an HNSW index on the descriptor's signs (Hamming distance) proposes
+    ``pool`` rows, the halfvec cosine ranks them, the first 100 count. The index is
+    dropped afterwards (the product's search never uses it)."""
+    from django.db import connection
+
+    from retrieval.models import ImageDescriptor
+
+    table = ImageDescriptor._meta.db_table
+    dim = int(model.global_dim)
+    bits = f"binary_quantize(embedding::halfvec({dim}))::bit({dim})"
+    name = f"{model.hnsw_index_name}_bq"
+    with connection.cursor() as cursor:
+        cursor.execute("SET maintenance_work_mem = '4GB'")
+        cursor.execute("SET max_parallel_maintenance_workers = 1")
+        start = time.perf_counter()
+        cursor.execute(
+            f"CREATE INDEX {name} ON {table} USING hnsw (({bits}) bit_hamming_ops) "
+            f"WITH (m = {args.m}, ef_construction = {args.ef_construction}) WHERE model_id = {int(model.pk)}"
+        )
+        result: dict[str, Any] = {"build_seconds": round(time.perf_counter() - start, 1)}
+        cursor.execute("SELECT pg_relation_size(%s::regclass)", [name])
+        result["index_bytes"] = int(cursor.fetchone()[0])
+    queries = _noisy(centres[rng.integers(0, len(centres), size=args.queries)], args.photo_noise, rng)
+    exact = [set(row.tolist()) for row in _exact_top(matrix, queries, 100)]
+    external = dict(ImageDescriptor.objects.filter(catalog=catalog).values_list("image_id", "image__external_id"))
+    sql = (
+        f"SELECT image_id FROM (SELECT image_id, embedding FROM {table} WHERE model_id = {int(model.pk)} "
+        f"AND catalog_id = %(catalog)s ORDER BY {bits} <~> binary_quantize(%(q)s::halfvec({dim})) LIMIT %(pool)s) p "
+        f"ORDER BY embedding::halfvec({dim}) <=> %(q)s::halfvec({dim}) LIMIT 100"
+    )
+    result["per_pool"] = []
+    for pool in [int(v) for v in args.binary_pools.split(",")]:
+        latencies, recalls = [], []
+        with connection.cursor() as cursor:
+            cursor.execute("SET hnsw.ef_search = %s", [pool])
+            for q, truth in zip(queries, exact, strict=True):
+                text = "[" + ",".join(f"{float(v):.6g}" for v in q) + "]"
+                start = time.perf_counter()
+                cursor.execute(sql, {"catalog": catalog.pk, "q": text, "pool": pool})
+                found = {int(external[image_id]) for (image_id,) in cursor.fetchall()}
+                latencies.append((time.perf_counter() - start) * 1000)
+                recalls.append(len(truth & found) / 100)
+            cursor.execute("RESET hnsw.ef_search")
+        result["per_pool"].append({
+            "pool": pool,
+            "shortlist_ms_p50": round(float(np.percentile(latencies, 50)), 2),
+            "shortlist_ms_p95": round(float(np.percentile(latencies, 95)), 2),
+            "recall_at_100": round(statistics.fmean(recalls), 4),
+        })  # fmt: skip
+        logger.info("binary index, pool %d: %s", pool, result["per_pool"][-1])
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX {name}")
+    return result
 
 
 def _exact_top(matrix: np.ndarray, queries: np.ndarray, k: int, block: int = 100_000) -> np.ndarray:
