@@ -4,7 +4,7 @@
         [--m 16] [--ef-construction 64] [--ef-search 40,100,200] [--queries 200]
 
 Builds a synthetic catalog of N images in a throw-away embedded PostgreSQL (under
-``bench/out/scale-db``, deleted at the end unless ``--keep``), with the product's tables,
+``bench/out/scale-db`` or ``--db-dir``, deleted at the end unless ``--keep``), with the product's tables,
 index expression and search code:
 
 - **global descriptors** drawn around real ones: the dataset's catalog photos are
@@ -153,9 +153,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     matrix, landmark_of = _load(catalog, model, seeds, others, centres, centre_seed, args, rng)
     # The exact search reads the descriptors from a file: held in memory (5 GB at 1M) they
     # took the page cache the database's rows need, which a server does not pay for.
-    np.save(OUT / "scale-db" / "matrix.npy", matrix)
+    np.save(args.db_dir / "matrix.npy", matrix)
     del matrix
-    matrix = np.load(OUT / "scale-db" / "matrix.npy", mmap_mode="r")
+    matrix = np.load(args.db_dir / "matrix.npy", mmap_mode="r")
     build_s = _build_index(model, m=args.m, ef_construction=args.ef_construction)
     result: dict[str, Any] = {
         "images": args.images,
@@ -458,7 +458,11 @@ def _augmentation_copy(
     return b"PGCOPY\n\xff\r\n\x00" + bytes(8) + rows.tobytes() + b"\xff\xff"
 
 
-def _build_index(model: Any, *, m: int, ef_construction: int) -> float:
+def _build_index(
+    model: Any, *, m: int, ef_construction: int, name: str = "", expression: str = "", ops: str = "halfvec_cosine_ops"
+) -> float:
+    """Seconds to build an HNSW index on the model's rows: the product's (its name and
+    expression) unless ``name`` and ``expression`` say otherwise."""
     from django.db import connection
 
     from retrieval import selectors
@@ -470,9 +474,9 @@ def _build_index(model: Any, *, m: int, ef_construction: int) -> float:
         cursor.execute("SET max_parallel_maintenance_workers = 1")
         start = time.perf_counter()
         cursor.execute(
-            f"CREATE INDEX {model.hnsw_index_name} ON {table} USING hnsw "
-            f"(({selectors.search_vector_sql(model)}) halfvec_cosine_ops) WITH (m = {m}, ef_construction = {ef_construction}) "
-            f"WHERE model_id = {int(model.pk)}"
+            f"CREATE INDEX {name or model.hnsw_index_name} ON {table} USING hnsw "
+            f"(({expression or selectors.search_vector_sql(model)}) {ops}) "
+            f"WITH (m = {m}, ef_construction = {ef_construction}) WHERE model_id = {int(model.pk)}"
         )
         return time.perf_counter() - start
 
@@ -528,15 +532,11 @@ def _binary_shortlists(
     dim = int(model.global_dim)
     bits = f"binary_quantize(embedding::halfvec({dim}))::bit({dim})"
     name = f"{model.hnsw_index_name}_bq"
+    seconds = _build_index(
+        model, m=args.m, ef_construction=args.ef_construction, name=name, expression=bits, ops="bit_hamming_ops"
+    )
+    result: dict[str, Any] = {"build_seconds": round(seconds, 1)}
     with connection.cursor() as cursor:
-        cursor.execute("SET maintenance_work_mem = '4GB'")
-        cursor.execute("SET max_parallel_maintenance_workers = 1")
-        start = time.perf_counter()
-        cursor.execute(
-            f"CREATE INDEX {name} ON {table} USING hnsw (({bits}) bit_hamming_ops) "
-            f"WITH (m = {args.m}, ef_construction = {args.ef_construction}) WHERE model_id = {int(model.pk)}"
-        )
-        result: dict[str, Any] = {"build_seconds": round(time.perf_counter() - start, 1)}
         cursor.execute("SELECT pg_relation_size(%s::regclass)", [name])
         result["index_bytes"] = int(cursor.fetchone()[0])
     queries = _noisy(centres[rng.integers(0, len(centres), size=args.queries)], args.photo_noise, rng)
