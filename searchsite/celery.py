@@ -41,7 +41,9 @@ def _prewarm_search_tables(sender: Any, **_: object) -> None:
     """A search worker reads the search tables and indexes into PostgreSQL's cache when it
     starts (``services.search_working_set_prewarm``), in a thread: it takes seconds to
     minutes at a million photos, and searches are served meanwhile."""
-    if "search" not in (sender.app.amqp.queues.consume_from or {}) or not env.get_bool("LANDMARKS_PREWARM", True):
+    from django.conf import settings
+
+    if "search" not in (sender.app.amqp.queues.consume_from or {}) or not settings.LANDMARKS_PREWARM:
         return
     threading.Thread(target=_prewarm, name="prewarm", daemon=True).start()
 

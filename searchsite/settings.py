@@ -254,6 +254,9 @@ LANDMARKS_VERIFY_TOP = env.get_int("LANDMARKS_VERIFY_TOP", 100, minimum=0)
 # Verification stops early once the answer is decided (services/search: at least this
 # many candidates verified, one landmark far ahead); 0 always verifies VERIFY_TOP.
 LANDMARKS_VERIFY_EARLY_STOP = env.get_int("LANDMARKS_VERIFY_EARLY_STOP", 10, minimum=0)
+# A starting search worker reads the search tables and indexes into PostgreSQL's cache
+# (services.search_working_set_prewarm, searchsite/celery.py).
+LANDMARKS_PREWARM = env.get_bool("LANDMARKS_PREWARM", True)
 # Candidates verified at once by one search (threads: matching and RANSAC release the GIL).
 LANDMARKS_VERIFY_THREADS = env.get_int("LANDMARKS_VERIFY_THREADS", min(4, os.cpu_count() or 1), minimum=1)
 # Inliers for "same place"; unset: the value calibrated for the local feature in use.

@@ -1,9 +1,10 @@
 """Reading what a search needs into PostgreSQL's cache before the first search asks for it.
 
 At a million photos a search on a cold cache waits on thousands of random reads of the
-HNSW index (bench/README.md, ``scale.py``). The search worker calls :func:`search_working_set_prewarm` when it starts (``searchsite.celery``), and
-operators may run it with ``manage.py prewarm``. The local-feature blobs are not read:
-a search reads ten to a hundred of them, and they are the bulk of the database.
+HNSW index (bench/README.md, ``scale.py``). The search worker calls
+:func:`search_working_set_prewarm` when it starts (``searchsite.celery``), and operators
+may run it with ``manage.py prewarm``. The local-feature blobs are not read: a search
+reads ten to a hundred of them, and they are the bulk of the database.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def search_working_set_prewarm() -> list[PrewarmedRelation]:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
     except DatabaseError as exc:
-        raise ServiceUnavailable(f"pg_prewarm is not available on this PostgreSQL server: {exc}".strip()) from None
+        raise ServiceUnavailable(f"pg_prewarm is not available on this PostgreSQL server: {str(exc).strip()}") from None
     tables = list(SEARCH_TABLES)
     with connection.cursor() as cursor:
         cursor.execute(
