@@ -37,6 +37,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from retrieval.vision.features import LocalFeatures
+    from retrieval.vision.shortlist import Shortlist
 
 logger = logging.getLogger("bench.search_latency")
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,11 +63,11 @@ def main() -> int:
 
     dataset = load_retrieval_dataset(args.dataset)
     extractor = get_extractor(args.spec)
-    blobs, X, queries, Q, extract_ms = _features(dataset, extractor)
+    blobs, X, queries, Q, extract_ms = catalog_and_queries(dataset, extractor)
     start = time.perf_counter()
     stored = [extractor.codec.decode(blob) for blob in blobs]
     decode_ms_per_blob = (time.perf_counter() - start) * 1000 / len(blobs)
-    shortlists = _shortlists(X, Q, limit=args.shortlist)
+    shortlists = [np.array([j for j, _ in s.ranked]) for s in server_shortlists(X, Q, limit=args.shortlist)]
     labels = [image.landmark for image in dataset.images]
     product = _product_verification(extractor.model_name, queries, shortlists, stored, labels)
     seed_pairs, product_pps, seeds_pps = _side_by_side(extractor.model_name, queries[: args.seed_queries], shortlists, stored)
@@ -90,7 +91,7 @@ def main() -> int:
     return 0
 
 
-def _features(dataset: Any, extractor: Any) -> tuple[list[bytes], np.ndarray, list[Any], np.ndarray, list[float]]:
+def catalog_and_queries(dataset: Any, extractor: Any) -> tuple[list[bytes], np.ndarray, list[Any], np.ndarray, list[float]]:
     """Catalog blobs and global descriptors, query feature sets, descriptors and extraction
     times; cached in bench/out per dataset and model."""
     from retrieval.services import image_decode
@@ -122,8 +123,9 @@ def _features(dataset: Any, extractor: Any) -> tuple[list[bytes], np.ndarray, li
     return result
 
 
-def _shortlists(X: np.ndarray, Q: np.ndarray, *, limit: int) -> list[np.ndarray]:
-    """The server's shortlist (DBA catalog, alpha-QE query), by exact search in numpy."""
+def server_shortlists(X: np.ndarray, Q: np.ndarray, *, limit: int) -> list[Shortlist]:
+    """The server's shortlist (DBA catalog, alpha-QE query), by exact search in numpy:
+    per query the ranked (catalog row, similarity to the expanded query) pairs."""
     from django.conf import settings
 
     from retrieval.vision.expansion import database_side_augmentation
@@ -132,10 +134,10 @@ def _shortlists(X: np.ndarray, Q: np.ndarray, *, limit: int) -> list[np.ndarray]
     alpha = settings.LANDMARKS_EXPANSION_ALPHA
     base = database_side_augmentation(X, neighbours=settings.LANDMARKS_DBA_NEIGHBOURS, alpha=alpha)
     return [
-        np.array([j for j, _ in expanded_shortlist(
+        expanded_shortlist(
             q, nearest=exact_nearest(base), vectors_of=lambda rows: base[rows], limit=limit,
             expansion_neighbours=settings.LANDMARKS_QE_NEIGHBOURS, alpha=alpha,
-        ).ranked])
+        )
         for q in Q
     ]  # fmt: skip
 
