@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 
 import numpy as np
@@ -24,7 +25,9 @@ from retrieval.models import (
     SearchQuery,
 )
 from retrieval.vision.compact import LocalCodec
-from retrieval.vision.features import LocalFeatures
+from retrieval.vision.features import FeatureFormatError, LocalFeatures
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +161,21 @@ def local_features_for(
     *, model: FeatureModel, image_ids: list[int], codec: LocalCodec | None = None
 ) -> dict[int, LocalFeatures]:
     """The stored local features of ``image_ids`` (one query), decoded with ``codec``
-    (any blob version; product-quantised rows need the codec's codebook library)."""
+    (any blob version; product-quantised rows need the codec's codebook library).
+
+    A row that cannot be decoded (a truncated blob, a codebook missing from the library)
+    is left out with a warning, as a row that does not exist: the search ranks that
+    image by similarity alone instead of failing for every query that shortlists it.
+    """
     rows = ImageDescriptor.objects.filter(model=model, image_id__in=image_ids).values_list("image_id", "local_features")
     codec = codec or LocalCodec()
-    return {image_id: codec.decode(bytes(blob)) for image_id, blob in rows}
+    decoded: dict[int, LocalFeatures] = {}
+    for image_id, blob in rows:
+        try:
+            decoded[image_id] = codec.decode(bytes(blob))
+        except FeatureFormatError as exc:
+            logger.warning("local features of image %s (%s) cannot be read: %s", image_id, model, exc)
+    return decoded
 
 
 def local_feature_sample(*, catalog: Catalog, limit: int) -> tuple[FeatureModel | None, list[bytes]]:

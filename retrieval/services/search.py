@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from retrieval import extraction, selectors, tasks
 from retrieval.errors import InvalidInput, NotFound, RetrievalError, ServiceUnavailable
-from retrieval.models import Catalog, CatalogImage, FeatureModel, SearchQuery
+from retrieval.models import Catalog, CatalogImage, FeatureModel, ImageDescriptor, SearchQuery
 from retrieval.services import catalogs, indexing, ingest, queueing
 from retrieval.vision import preprocessing
 from retrieval.vision.extractors import matching_config
@@ -67,8 +67,7 @@ def search_create(
             preprocessing.bbox_window(header.width, header.height, tuple(bbox))  # type: ignore[arg-type]
         except preprocessing.ImageError as exc:
             raise InvalidInput(str(exc)) from None
-    if not catalog.images.exists():
-        raise InvalidInput(f"Catalog {catalog.name} has no images yet.")
+    _check_searchable(catalog)
     sha256 = hashlib.sha256(data).hexdigest()
     stored_name = ingest.stored_name(header=header, sha256=sha256)
     query = SearchQuery(
@@ -87,6 +86,25 @@ def search_create(
         _fail_search(query, message, {})
         raise ServiceUnavailable(message)
     return query
+
+
+def _check_searchable(catalog: Catalog) -> None:
+    """InvalidInput unless a photo of ``catalog`` is indexed or has stored descriptors
+    (photos being indexed again keep theirs): a search of photos that are all still
+    queued would only answer "no match"."""
+    if (
+        catalog.images.filter(status=CatalogImage.Status.INDEXED).exists()
+        or ImageDescriptor.objects.filter(catalog=catalog).exists()
+    ):
+        return
+    waiting = catalog.images.filter(status__in=[CatalogImage.Status.PENDING, CatalogImage.Status.PROCESSING]).count()
+    if waiting:
+        raise InvalidInput(
+            f"Catalog {catalog.name} has no indexed images yet: {waiting} are being indexed; search again when they are."
+        )
+    if catalog.images.exists():
+        raise InvalidInput(f"Catalog {catalog.name} has no indexed images: every photo failed to index.")
+    raise InvalidInput(f"Catalog {catalog.name} has no images yet.")
 
 
 def search_wait(*, query_id: int, timeout: float, poll: float = 0.05) -> SearchQuery:
@@ -126,12 +144,12 @@ def search_execute(*, query_id: int, task_id: str = "", retry: bool = False) -> 
     try:
         _search_stages(query, timer, task_id=task_id)
     except RetrievalError as exc:
-        _fail_search(query, exc.message, timer.ms)
+        _fail_search(query, exc.message, timer.ms, task_id=task_id)
     except queueing.DATABASE_ERRORS:
         raise
     except Exception as exc:
         logger.exception("search %s failed", query_id)
-        _fail_search(query, f"Search failed: {type(exc).__name__}: {exc}", timer.ms)
+        _fail_search(query, f"Search failed: {type(exc).__name__}: {exc}", timer.ms, task_id=task_id)
     return query
 
 
@@ -242,10 +260,10 @@ def _search_stages(query: SearchQuery, timer: StageTimer, *, task_id: str) -> No
     """load -> extract -> shortlist -> verify -> rank -> results, then store the answer."""
     config = SearchConfig.from_settings()
     with timer.stage("decode"):  # first: a corrupt upload fails without loading a model
-        crop = _load(query, max_pixels=config.max_query_pixels)
+        crop, offset = _load(query, max_pixels=config.max_query_pixels)
     extractor, model = _model_for(query.catalog)
     with timer.stage("extract"):
-        features = _extract(extractor, crop, bbox=query.bbox)
+        features = _extract(extractor, crop, offset=offset)
     outcome = search_rank(
         catalog=query.catalog, model=model, extractor=extractor, features=features, top_k=query.top_k,
         config=config, timer=timer,
@@ -305,12 +323,12 @@ def search_rank(
     return SearchOutcome(shortlist, verified, ranked, recognition)
 
 
-def _load(query: SearchQuery, *, max_pixels: int) -> np.ndarray:
-    """The query photo decoded, cropped to its bbox: (H, W, 3) uint8 RGB."""
+def _load(query: SearchQuery, *, max_pixels: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The query photo decoded and cropped to its bbox: (H, W, 3) uint8 RGB, and the
+    crop's top-left corner (x, y) in the photo (the bbox's, clipped to the photo)."""
     with query.image.open("rb") as handle:
         rgb = ingest.image_decode(data=handle.read(), max_pixels=max_pixels)
-    crop, _ = preprocessing.crop_bbox(rgb, tuple(query.bbox) if query.bbox else None)  # type: ignore[arg-type]
-    return crop
+    return preprocessing.crop_bbox(rgb, tuple(query.bbox) if query.bbox else None)  # type: ignore[arg-type]
 
 
 def _model_for(catalog: Catalog) -> tuple[Extractor, FeatureModel]:
@@ -330,13 +348,14 @@ def _model_for(catalog: Catalog) -> tuple[Extractor, FeatureModel]:
     return extractor, model
 
 
-def _extract(extractor: Extractor, crop: np.ndarray, *, bbox: list[float] | None) -> ImageFeatures:
-    """The query's features, keypoints moved back into the full photo's pixels."""
+def _extract(extractor: Extractor, crop: np.ndarray, *, offset: tuple[int, int]) -> ImageFeatures:
+    """The query's features, keypoints moved by the crop's ``offset`` (x, y) back into
+    the full photo's pixels."""
     features = extractor.extract_query(crop)
-    if not bbox:
+    if offset == (0, 0):
         return features
-    offset = np.array(bbox[:2], np.float32).round()
-    moved = [dataclasses.replace(local, keypoints=local.keypoints + offset) for local in features.local_sets]
+    shift = np.array(offset, np.float32)
+    moved = [dataclasses.replace(local, keypoints=local.keypoints + shift) for local in features.local_sets]
     return dataclasses.replace(features, local=moved[0], local_rescaled=tuple(moved[1:]))
 
 
@@ -456,7 +475,9 @@ def _shortlist(
 
     def vectors_of(ids: list[int]) -> np.ndarray:
         vectors = selectors.descriptor_vectors(model=model, image_ids=ids, augmented=True)
-        return np.stack([vectors[image_id] for image_id in ids])
+        # A photo deleted since the first round adds nothing to the expanded query.
+        missing = np.zeros_like(descriptor, dtype=np.float32)
+        return np.stack([vectors.get(image_id, missing) for image_id in ids])
 
     shortlisted = expanded_shortlist(
         descriptor,
@@ -474,8 +495,14 @@ def _shortlist(
     return _Shortlist(candidates, cosines, images, labels)
 
 
-def _fail_search(query: SearchQuery, reason: str, timings: dict[str, float]) -> None:
-    SearchQuery.objects.filter(pk=query.pk).update(
+def _fail_search(query: SearchQuery, reason: str, timings: dict[str, float], *, task_id: str | None = None) -> None:
+    """Mark the search failed with ``reason``. A worker (``task_id``) writes only while
+    it still holds the claim, as the answer is written: a task that was taken over must
+    not overwrite what the new holder stored."""
+    rows = SearchQuery.objects.filter(pk=query.pk)
+    if task_id is not None:
+        rows = rows.filter(claimed_by=task_id, status=SearchQuery.Status.RUNNING)
+    rows.update(
         status=SearchQuery.Status.FAILED,
         error=reason,
         timings_ms=timings,
