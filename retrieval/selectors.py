@@ -306,7 +306,10 @@ def reindex_job_progress(*, job: ReindexJob) -> JobProgress:
 
 def catalog_searchable_get(*, user: object, name: str) -> Catalog | None:
     """The catalog of that name if this user may search it (else None: a 404, which does
-    not tell a private catalog from a missing one)."""
+    not tell a private catalog from a missing one). A name with a NUL, which PostgreSQL
+    refuses in a query and no catalog has, is None too."""
+    if "\x00" in name:
+        return None
     return catalogs_searchable(user=user).filter(name=name).first()
 
 

@@ -83,7 +83,8 @@ def read_header(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 32
         orientation = Image.Image.getexif(image).get(ExifTags.Base.Orientation)
     except Exception:  # a broken EXIF block is ignored here, as exif_transpose does
         orientation = None
-    if orientation in _TRANSPOSED_ORIENTATIONS:
+    # Pillow's TIFF plugin reports the upright size itself (it reads the orientation tag).
+    if orientation in _TRANSPOSED_ORIENTATIONS and image.format != "TIFF":
         width, height = height, width
     _check_min_side(width, height, min_side)
     return ImageHeader(width=width, height=height, format=image.format or "")
@@ -109,12 +110,12 @@ def decode_image(data: bytes, *, max_pixels: int = 50_000_000, min_side: int = 3
         if draft_side:
             image.draft("RGB", (draft_side, draft_side))
         image.load()
-        image = ImageOps.exif_transpose(image) or image
+        rgb = _to_rgb(_upright(image))
     except Image.DecompressionBombError:
         raise ImageTooLargeError(f"The image has more than {max_pixels:,} pixels.") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    # Pillow's decoders fail on bad data with many types (OSError, RuntimeError, struct.error...).
+    except Exception as exc:
         raise CorruptImageError(f"The image data is truncated or corrupt: {exc}") from None
-    rgb = _to_rgb(image)
     height, width = rgb.shape[:2]
     _check_min_side(width, height, min_side)
     return rgb
@@ -142,7 +143,8 @@ def _open(data: bytes, *, max_pixels: int) -> Image.Image:
         raise NotAnImageError(f"The file is not an image in a supported format ({_SUPPORTED_NAMES}).") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLargeError(f"The image has more than {max_pixels:,} pixels.") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    # Plugins fail on bad headers with many types too (OSError, RuntimeError, ...).
+    except Exception as exc:
         raise CorruptImageError(f"The image header is corrupt: {exc}") from None
     if image.format not in SUPPORTED_FORMATS:
         raise NotAnImageError(f"The file is not an image in a supported format ({_SUPPORTED_NAMES}).")
@@ -154,9 +156,38 @@ def _open(data: bytes, *, max_pixels: int) -> Image.Image:
     return image
 
 
+# How each EXIF orientation is undone (as ``ImageOps.exif_transpose`` does).
+_UNDO_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image with its EXIF orientation applied. ``exif_transpose`` also rewrites the
+    EXIF block, which fails on a malformed tag some editors write (a number stored as
+    text): then the orientation is applied alone."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # noqa: BLE001 - any failure to rewrite the EXIF block
+        try:
+            method = _UNDO_ORIENTATION.get(image.getexif().get(ExifTags.Base.Orientation))
+        except Exception:  # noqa: BLE001 - an EXIF block that cannot be read at all
+            return image
+        return image.transpose(method) if method is not None else image
+
+
 def _check_min_side(width: int, height: int, min_side: int) -> None:
     if min(width, height) < min_side:
         raise ImageTooSmallError(f"The image is {width}x{height}; both sides must be at least {min_side} pixels.")
+
+
+_PREMULTIPLIED = {"La": "LA", "RGBa": "RGBA"}
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
@@ -169,6 +200,8 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
+    if image.mode in _PREMULTIPLIED:  # Pillow converts these only to their straight-alpha mode
+        image = image.convert(_PREMULTIPLIED[image.mode])
     if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

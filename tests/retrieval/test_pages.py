@@ -273,3 +273,8 @@ def test_the_admin_index_links_to_the_jobs_page(admin_client: Client) -> None:
 def test_the_jobs_page_says_when_there_is_nothing(admin_client: Client) -> None:
     assert not ImportJob.objects.exists()
     assert "No imports or reindexes yet." in admin_client.get("/jobs/").content.decode()
+
+
+def test_a_catalog_page_for_a_name_with_a_nul_character_is_a_404(client: Client) -> None:
+    response = client.get("/catalogs/a%00b/")
+    assert response.status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -200,3 +201,60 @@ def test_a_jpeg_rendition_is_upright_and_bounded(photo: np.ndarray) -> None:
     assert rendition.format == "JPEG" and rendition.size == (133, 200)
     with pytest.raises(pp.ImageTooLargeError):
         pp.jpeg_rendition(encode(photo, "HEIF"), max_pixels=1000)
+
+
+def _tiff_with_premultiplied_alpha(side: int = 40) -> bytes:
+    """An uncompressed grey TIFF with associated (premultiplied) alpha, which Pillow opens
+    in mode "La"; Pillow cannot write one."""
+    entries = [  # tag, type (3 SHORT, 4 LONG), count, value
+        (256, 3, 1, side), (257, 3, 1, side), (258, 3, 2, 8 | 8 << 16), (259, 3, 1, 1), (262, 3, 1, 1),
+        (273, 4, 1, 8 + 2 + 10 * 12 + 4), (277, 3, 1, 2), (278, 3, 1, side), (279, 4, 1, side * side * 2), (338, 3, 1, 1),
+    ]  # fmt: skip
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *entry) for entry in entries)
+    pixels = np.random.default_rng(0).integers(0, 255, (side, side, 2), dtype=np.uint8)
+    pixels[..., 0] = np.minimum(pixels[..., 0], pixels[..., 1])  # premultiplied: grey <= alpha
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + pixels.tobytes()
+
+
+def test_a_tiff_with_premultiplied_alpha_is_composited_on_white() -> None:
+    data = _tiff_with_premultiplied_alpha()
+    assert Image.open(io.BytesIO(data)).mode == "La"
+    out = pp.decode_image(data)
+    assert out.shape == (40, 40, 3) and out.dtype == np.uint8
+
+
+def test_a_photo_whose_exif_block_cannot_be_rewritten_is_still_turned_upright(photo: np.ndarray) -> None:
+    def ifd(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+        head = b"II*\x00" + struct.pack("<IH", 8, len(entries))
+        return head + b"".join(struct.pack("<HHI", *entry[:3]) + entry[3] for entry in entries) + struct.pack("<I", 0)
+
+    # XResolution written as the text "72" (some editors do), Orientation 6.
+    exif = b"Exif\x00\x00" + ifd([(0x011A, 2, 4, b"72\x00\x00"), (0x0112, 3, 1, struct.pack("<HH", 6, 0))])
+    data = encode(photo, "JPEG", quality=95, exif=exif)
+    header = pp.read_header(data)
+    out = pp.decode_image(data)
+    assert (header.width, header.height) == (300, 451) and out.shape == (451, 300, 3)
+    assert np.abs(out.astype(int) - np.rot90(photo, -1)).mean() < 4
+
+
+def test_a_tiff_with_a_turning_orientation_reports_the_size_it_decodes_to(photo: np.ndarray) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(photo, "TIFF", exif=exif.tobytes())
+    header = pp.read_header(data)
+    out = pp.decode_image(data)
+    assert (header.width, header.height) == (out.shape[1], out.shape[0]) == (300, 451)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "HEIF", "AVIF"])
+def test_a_file_with_any_damaged_header_byte_decodes_or_raises_an_image_error(fmt: str) -> None:
+    small = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    data = encode(small, fmt)
+    for offset in range(0, min(len(data), 400), 2):
+        damaged = bytearray(data)
+        damaged[offset] ^= 0xFF
+        try:
+            pp.read_header(bytes(damaged))
+            pp.decode_image(bytes(damaged))
+        except pp.ImageError:
+            pass

@@ -42,6 +42,13 @@ def test_malformed_json_gets_400(staff_client: Client) -> None:
     assert response.json()["error"].startswith("JSON parse error")
 
 
+@pytest.mark.parametrize("url", ["/api/catalogs", "/api/search"])
+def test_json_nested_too_deeply_to_parse_gets_400(staff_client: Client, url: str) -> None:
+    response = staff_client.post(url, "[" * 100_000, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {"error": "JSON parse error - the body is nested too deeply."}
+
+
 def test_a_body_type_the_endpoint_does_not_read_gets_415(staff_client: Client) -> None:
     response = staff_client.post("/api/catalogs", "name=paris", content_type="text/plain")
     assert response.status_code == 415
