@@ -57,9 +57,14 @@ def reindex_run(*, job_id: int, task_id: str = "") -> ReindexJob | None:
     ReindexJob.objects.filter(pk=job_id).update(started_at=Coalesce(F("started_at"), timezone.now()))
     job = ReindexJob.objects.select_related("catalog").get(pk=job_id)
     try:
-        if _reindex(job, task_id=task_id):
+        held = _reindex(job, task_id=task_id)
+        if held is not None:
             ReindexJob.objects.filter(pk=job.pk, claimed_by=task_id).update(
-                status=ReindexJob.Status.DONE, finished_at=timezone.now(), claimed_by="", claimed_at=None
+                status=ReindexJob.Status.FAILED if held else ReindexJob.Status.DONE,
+                error="; ".join(held),
+                finished_at=timezone.now(),
+                claimed_by="",
+                claimed_at=None,
             )
     except queueing.DATABASE_ERRORS:
         raise
@@ -78,6 +83,7 @@ class _Step:
     """One catalog of a reindex job: its extractor, model and image ids."""
 
     catalog: Catalog
+    spec: str
     extractor: Extractor
     model: FeatureModel
     image_ids: list[int]
@@ -88,25 +94,28 @@ def _reindex_plan(job: ReindexJob) -> list[_Step]:
 
     steps = []
     for catalog in [job.catalog] if job.catalog else list(Catalog.objects.order_by("pk")):
-        extractor = get_extractor(catalogs.catalog_extractor_spec(catalog=catalog))
+        spec = catalogs.catalog_extractor_spec(catalog=catalog)
+        extractor = get_extractor(spec)
         model = indexing.feature_model_ensure(extractor=extractor)
         images = (
             selectors.stale_images(model=model, catalog=catalog)
             if job.stale_only
             else CatalogImage.objects.filter(catalog=catalog)
         )
-        steps.append(_Step(catalog, extractor, model, list(images.order_by("pk").values_list("pk", flat=True))))
+        steps.append(_Step(catalog, spec, extractor, model, list(images.order_by("pk").values_list("pk", flat=True))))
     return steps
 
 
-def _reindex(job: ReindexJob, *, task_id: str) -> bool:
-    """Run the job's plan; False when another task took the job over meanwhile."""
+def _reindex(job: ReindexJob, *, task_id: str) -> list[str] | None:
+    """Run the job's plan. Returns why catalogs kept their serving model (empty: every
+    catalog switched), or None when another task took the job over meanwhile."""
     plan = _reindex_plan(job)
     if job.total == 0:
         ReindexJob.objects.filter(pk=job.pk).update(
             model=plan[-1].model if plan else None, total=sum(len(step.image_ids) for step in plan)
         )
     processed, failed = job.processed, job.failed
+    held: list[str] = []
     for step in plan:
         # A resumed job: what was re-extracted since it started is done already.
         done = set(
@@ -123,10 +132,39 @@ def _reindex(job: ReindexJob, *, task_id: str) -> bool:
                 processed=processed, failed=failed, claimed_at=timezone.now()
             ):
                 logger.warning("reindex job %s was taken over by another task; this one stops", job.pk)
-                return False
-        Catalog.objects.filter(pk=step.catalog.pk).update(active_model=step.model)
-        catalogs.catalog_request_augmentation(catalog_id=step.catalog.pk)
-    return True
+                return None
+        reason = _catalog_switch(step)
+        if reason:
+            logger.warning("reindex job %s: %s", job.pk, reason)
+            held.append(reason)
+    return held
+
+
+def _catalog_switch(step: _Step) -> str:
+    """Serve ``step.catalog`` with ``step.model`` once it has all the rows the current
+    model has; returns why not ("" when switched or nothing to switch).
+
+    Held while a photo that the serving model has a row for has none of the new model's
+    (it failed under the new one: a switch would drop it from every search), and when
+    the catalog was given another extractor since the job was planned (a later job
+    switches it)."""
+    catalog = Catalog.objects.get(pk=step.catalog.pk)
+    if catalog.active_model_id in (None, step.model.pk):
+        Catalog.objects.filter(pk=catalog.pk).update(active_model=step.model)
+        catalogs.catalog_request_augmentation(catalog_id=catalog.pk)
+        return ""
+    if catalogs.catalog_extractor_spec(catalog=catalog) != step.spec:
+        return f"catalog {catalog.name} now asks for {catalogs.catalog_extractor_spec(catalog=catalog)}; not switched to {step.model}"
+    served = ImageDescriptor.objects.filter(catalog=catalog, model_id=catalog.active_model_id)
+    missing = served.exclude(image_id__in=ImageDescriptor.objects.filter(model=step.model).values("image_id")).count()
+    if missing:
+        return (
+            f"{missing} photos of catalog {catalog.name} failed with {step.model}; it keeps {catalog.active_model}"
+            " (the reasons are on the photos; reindex again to retry)"
+        )
+    Catalog.objects.filter(pk=catalog.pk, active_model_id=catalog.active_model_id).update(active_model=step.model)
+    catalogs.catalog_request_augmentation(catalog_id=catalog.pk)
+    return ""
 
 
 def _reindex_image(*, image: CatalogImage, extractor: Extractor, model: FeatureModel, task_id: str) -> bool:

@@ -1,4 +1,5 @@
-"""Reindex jobs resume after their worker died and fail an image that keeps killing it."""
+"""Reindex jobs resume after their worker died, fail an image that keeps killing it, and
+switch a catalog to the new model only when nothing it serves would be lost."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pytest
 from django.utils import timezone
 
 from retrieval import services
-from retrieval.models import CatalogImage
+from retrieval.models import Catalog, CatalogImage
 from tests.conftest import encode
-from tests.factories import CatalogFactory
+from tests.factories import CatalogFactory, FeatureModelFactory, ImageDescriptorFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -55,3 +56,74 @@ def test_a_reindex_image_that_keeps_killing_the_worker_fails_instead(real_photos
     failed = CatalogImage.objects.get(pk=image.pk)
     assert job.status == "done" and job.failed == 1
     assert failed.status == "failed" and "never finished" in failed.failure_reason
+
+
+def _served_by_an_old_model(real_photos, names: list[str]) -> tuple[object, dict[str, CatalogImage], object]:
+    """A catalog whose photos have rows of an older model, which serves it."""
+    from retrieval.extraction import get_extractor
+    from retrieval.services import indexing
+
+    # The new model's table index first: PostgreSQL builds none after rows in one transaction.
+    indexing.feature_model_ensure(extractor=get_extractor())
+    catalog = CatalogFactory()
+    old = FeatureModelFactory(name="older-model")
+    images = {}
+    for name in names:
+        image = services.image_ingest(
+            catalog=catalog, data=encode(real_photos[name]), filename=f"{name}.jpg", enqueue=False
+        ).image
+        CatalogImage.objects.filter(pk=image.pk).update(status=CatalogImage.Status.INDEXED)
+        ImageDescriptorFactory(image=image, model=old)
+        images[name] = image
+    Catalog.objects.filter(pk=catalog.pk).update(active_model=old)
+    return catalog, images, old
+
+
+def test_a_reindex_keeps_the_serving_model_while_a_photo_it_serves_failed_with_the_new_one(
+    real_photos, monkeypatch
+) -> None:
+    from retrieval.models import ReindexJob
+    from retrieval.services import indexing
+
+    catalog, images, old = _served_by_an_old_model(real_photos, ["rocket", "coffee"])
+    extract = indexing.image_extract
+
+    def coffee_fails(*, image: CatalogImage, extractor: object, model: object) -> bool:
+        if image.pk == images["coffee"].pk:
+            indexing.image_fail(image, "Feature extraction failed: MemoryError")
+            return False
+        return extract(image=image, extractor=extractor, model=model)
+
+    monkeypatch.setattr(indexing, "image_extract", coffee_fails)
+    job = ReindexJob.objects.create(catalog=catalog, stale_only=True)
+    services.reindex_run(job_id=job.pk, task_id="t1")
+    job.refresh_from_db()
+    assert Catalog.objects.get(pk=catalog.pk).active_model_id == old.pk
+    assert job.status == "failed" and "1 photos" in job.error and job.failed == 1
+
+    monkeypatch.setattr(indexing, "image_extract", extract)  # the retry succeeds: the catalog switches
+    again = ReindexJob.objects.create(catalog=catalog, stale_only=True)
+    services.reindex_run(job_id=again.pk, task_id="t2")
+    again.refresh_from_db()
+    assert again.status == "done" and Catalog.objects.get(pk=catalog.pk).active_model_id == again.model_id != old.pk
+
+
+def test_a_reindex_does_not_switch_a_catalog_that_was_given_another_extractor_meanwhile(
+    real_photos, monkeypatch
+) -> None:
+    from retrieval.models import ReindexJob
+    from retrieval.services import indexing
+
+    catalog, _, old = _served_by_an_old_model(real_photos, ["rocket"])
+    extract = indexing.image_extract
+
+    def reconfigured_meanwhile(*, image: CatalogImage, extractor: object, model: object) -> bool:
+        Catalog.objects.filter(pk=catalog.pk).update(extractor_spec="effnet-lite0-dense")
+        return extract(image=image, extractor=extractor, model=model)
+
+    monkeypatch.setattr(indexing, "image_extract", reconfigured_meanwhile)
+    job = ReindexJob.objects.create(catalog=catalog, stale_only=True)
+    services.reindex_run(job_id=job.pk, task_id="t1")
+    job.refresh_from_db()
+    assert Catalog.objects.get(pk=catalog.pk).active_model_id == old.pk
+    assert job.status == "failed" and "effnet-lite0-dense" in job.error
