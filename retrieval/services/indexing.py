@@ -7,7 +7,7 @@ import uuid
 
 import numpy as np
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from retrieval import extraction, selectors
@@ -43,17 +43,25 @@ def image_index(*, image_id: int, task_id: str = "", retry: bool = False) -> Cat
     if active is not None and active.name not in specs and catalogs.extractor_buildable(active.name):
         specs.append(active.name)
     work = []
-    for spec in specs:
-        extractor = get_extractor(spec)
-        model = feature_model_ensure(extractor=extractor)
-        if image.status == CatalogImage.Status.INDEXED and image.descriptors.filter(model=model).exists():
-            continue
-        work.append((extractor, model))
+    task_id = task_id or uuid.uuid4().hex
+    try:
+        for spec in specs:
+            extractor = get_extractor(spec)
+            model = feature_model_ensure(extractor=extractor)
+            if image.status == CatalogImage.Status.INDEXED and image.descriptors.filter(model=model).exists():
+                continue
+            work.append((extractor, model))
+    except queueing.DATABASE_ERRORS:
+        raise
+    except Exception as exc:  # a model that cannot be built (weights missing, a bad setting)
+        logger.exception("could not build the feature extractor for image %s", image_id)
+        if queueing.claim(CatalogImage, image_id, task_id=task_id, busy=CatalogImage.Status.PROCESSING, retry=retry):
+            image_fail(image, f"The feature extractor could not be loaded: {type(exc).__name__}: {exc}")
+        image.refresh_from_db()
+        return image
     if not work:
         return image
-    if not queueing.claim(
-        CatalogImage, image_id, task_id=task_id or uuid.uuid4().hex, busy=CatalogImage.Status.PROCESSING, retry=retry
-    ):
+    if not queueing.claim(CatalogImage, image_id, task_id=task_id, busy=CatalogImage.Status.PROCESSING, retry=retry):
         return _refused_image(image_id)
     for position, (extractor, model) in enumerate(work):
         # The catalog's own model (the first) also checks for near duplicates.
@@ -231,7 +239,10 @@ def feature_model_ensure(*, extractor: Extractor) -> FeatureModel:
         defaults={"global_dim": extractor.global_dim, "local_dim": getattr(extractor, "local_dim", 0)},
     )
     table = ImageDescriptor._meta.db_table
-    with connection.cursor() as cursor:
+    # Workers starting on a new model at once: IF NOT EXISTS does not guard two concurrent
+    # CREATE INDEX of one name (the loser fails on the catalog's unique name), so they queue.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"landmarks-hnsw-{model.pk}"])
         # Serves exactly selectors.shortlist_sql(model): same expression, same predicate.
         cursor.execute(
             f"CREATE INDEX IF NOT EXISTS {model.hnsw_index_name} ON {table} "

@@ -1,4 +1,5 @@
-"""Indexing claims: an image another live task works on is not indexed twice."""
+"""Indexing claims: an image another live task works on is not indexed twice, and one
+whose extractor cannot be built fails with the reason."""
 
 from __future__ import annotations
 
@@ -25,3 +26,21 @@ def test_an_image_claimed_by_a_live_task_is_not_indexed_twice(real_photos) -> No
     services.image_index(image_id=image.pk, task_id="task-1")
     assert CatalogImage.objects.get(pk=image.pk).status == "indexed"
     assert image.descriptors.count() == 1
+
+
+def test_an_image_whose_extractor_cannot_be_built_fails_with_the_reason_instead_of_waiting(
+    real_photos, monkeypatch
+) -> None:
+    from retrieval import extraction
+
+    def missing_weights(spec: str | None = None) -> None:
+        raise FileNotFoundError("var/models/efficientnet-lite2.weights.h5")
+
+    monkeypatch.setattr(extraction, "get_extractor", missing_weights)
+    image = services.image_ingest(
+        catalog=CatalogFactory(), data=encode(real_photos["rocket"]), filename="r.jpg", enqueue=False
+    ).image
+    services.image_index(image_id=image.pk, task_id="task-1")
+    failed = CatalogImage.objects.get(pk=image.pk)
+    assert failed.status == "failed" and failed.claimed_by == ""
+    assert failed.failure_reason.startswith("The feature extractor could not be loaded: FileNotFoundError")
