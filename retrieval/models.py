@@ -66,6 +66,8 @@ class Catalog(models.Model):
         help_text="Anyone may search it. A private catalog is searched only by signed-in or token-authenticated users.",
     )
     augment_pending = models.BooleanField(default=False, help_text="A DBA refresh is scheduled.")
+    # When the pending refresh's task was last sent: one not taken long after is lost.
+    augment_requested_at = models.DateTimeField(null=True, blank=True)
     augmented_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -28,6 +28,7 @@ from django.utils import timezone
 from retrieval import services, tasks
 from retrieval.models import Catalog, CatalogImage, ImageDescriptor, ReindexJob, SearchQuery
 from retrieval.services import queueing
+from retrieval.services.catalogs import send_augmentation
 
 logger = logging.getLogger(__name__)
 
@@ -130,5 +131,14 @@ def _request_stale_augmentations() -> int:
     count = 0
     for catalog_id in stale.values_list("pk", flat=True):
         services.catalog_request_augmentation(catalog_id=catalog_id)
+        count += 1
+    # A request whose task was lost (a broker restart, or the process killed between its
+    # commit and the send) stays pending; its task, sent again, runs once.
+    wait = timedelta(seconds=settings.LANDMARKS_TASK_LEASE_SECONDS + settings.LANDMARKS_AUGMENT_DELAY_SECONDS)
+    lost = Catalog.objects.filter(augment_pending=True).filter(
+        Q(augment_requested_at__lt=timezone.now() - wait) | Q(augment_requested_at__isnull=True)
+    )
+    for catalog_id in lost.values_list("pk", flat=True):
+        send_augmentation(catalog_id)
         count += 1
     return count

@@ -8,6 +8,7 @@ import logging
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from retrieval import tasks
 from retrieval.errors import Conflict, InvalidInput
@@ -78,14 +79,19 @@ def catalog_request_augmentation(*, catalog_id: int) -> None:
     """Schedule a DBA refresh of the catalog (once; it waits for indexing to finish)."""
     if settings.LANDMARKS_DBA_NEIGHBOURS <= 1:
         return
-    if Catalog.objects.filter(pk=catalog_id, augment_pending=False).update(augment_pending=True):
+    if Catalog.objects.filter(pk=catalog_id, augment_pending=False).update(
+        augment_pending=True, augment_requested_at=timezone.now()
+    ):
         transaction.on_commit(lambda: send_augmentation(catalog_id))
 
 
 def send_augmentation(catalog_id: int) -> None:
+    """Send the catalog's DBA refresh (in LANDMARKS_AUGMENT_DELAY_SECONDS), stamping when."""
     if not queueing.send(tasks.catalog_augment_task, catalog_id, countdown=settings.LANDMARKS_AUGMENT_DELAY_SECONDS):
         # Withdraw the request: the sweep asks again once the broker is back.
         Catalog.objects.filter(pk=catalog_id).update(augment_pending=False)
+        return
+    Catalog.objects.filter(pk=catalog_id, augment_pending=True).update(augment_requested_at=timezone.now())
 
 
 def catalog_rebuild_augmentation(*, catalog: Catalog) -> None:

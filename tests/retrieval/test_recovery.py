@@ -82,6 +82,17 @@ def test_the_sweep_requests_an_augmentation_lost_to_a_fault() -> None:
     assert recovery.work_sweep().augmentations == 0  # requested once
 
 
+def test_the_sweep_sends_again_an_augmentation_request_whose_task_was_lost(settings) -> None:
+    catalog = CatalogFactory()
+    ImageDescriptorFactory(image=CatalogImageFactory(catalog=catalog))
+    lost_at = _ago(settings.LANDMARKS_TASK_LEASE_SECONDS + settings.LANDMARKS_AUGMENT_DELAY_SECONDS + 1)
+    Catalog.objects.filter(pk=catalog.pk).update(augment_pending=True, augment_requested_at=lost_at)
+    assert recovery.work_sweep().augmentations == 1
+    resent = Catalog.objects.get(pk=catalog.pk)
+    assert resent.augment_pending and resent.augment_requested_at > lost_at
+    assert recovery.work_sweep().augmentations == 0  # sent once a lease
+
+
 def test_the_sweep_queues_again_a_photo_whose_message_was_lost_with_the_broker(settings) -> None:
     from searchsite.celery import app
 
