@@ -79,10 +79,19 @@ def _served_by_an_old_model(real_photos, names: list[str]) -> tuple[object, dict
     return catalog, images, old
 
 
+def _reindexed(catalog: Catalog, task_id: str) -> object:
+    """A stale-only reindex job of ``catalog`` run to its end by ``task_id``."""
+    from retrieval.models import ReindexJob
+
+    job = ReindexJob.objects.create(catalog=catalog, stale_only=True)
+    services.reindex_run(job_id=job.pk, task_id=task_id)
+    job.refresh_from_db()
+    return job
+
+
 def test_a_reindex_keeps_the_serving_model_while_a_photo_it_serves_failed_with_the_new_one(
     real_photos, monkeypatch
 ) -> None:
-    from retrieval.models import ReindexJob
     from retrieval.services import indexing
 
     catalog, images, old = _served_by_an_old_model(real_photos, ["rocket", "coffee"])
@@ -95,23 +104,18 @@ def test_a_reindex_keeps_the_serving_model_while_a_photo_it_serves_failed_with_t
         return extract(image=image, extractor=extractor, model=model)
 
     monkeypatch.setattr(indexing, "image_extract", coffee_fails)
-    job = ReindexJob.objects.create(catalog=catalog, stale_only=True)
-    services.reindex_run(job_id=job.pk, task_id="t1")
-    job.refresh_from_db()
+    job = _reindexed(catalog, "t1")
     assert Catalog.objects.get(pk=catalog.pk).active_model_id == old.pk
     assert job.status == "failed" and "1 photos" in job.error and job.failed == 1
 
     monkeypatch.setattr(indexing, "image_extract", extract)  # the retry succeeds: the catalog switches
-    again = ReindexJob.objects.create(catalog=catalog, stale_only=True)
-    services.reindex_run(job_id=again.pk, task_id="t2")
-    again.refresh_from_db()
+    again = _reindexed(catalog, "t2")
     assert again.status == "done" and Catalog.objects.get(pk=catalog.pk).active_model_id == again.model_id != old.pk
 
 
 def test_a_reindex_does_not_switch_a_catalog_that_was_given_another_extractor_meanwhile(
     real_photos, monkeypatch
 ) -> None:
-    from retrieval.models import ReindexJob
     from retrieval.services import indexing
 
     catalog, _, old = _served_by_an_old_model(real_photos, ["rocket"])
@@ -122,8 +126,6 @@ def test_a_reindex_does_not_switch_a_catalog_that_was_given_another_extractor_me
         return extract(image=image, extractor=extractor, model=model)
 
     monkeypatch.setattr(indexing, "image_extract", reconfigured_meanwhile)
-    job = ReindexJob.objects.create(catalog=catalog, stale_only=True)
-    services.reindex_run(job_id=job.pk, task_id="t1")
-    job.refresh_from_db()
+    job = _reindexed(catalog, "t1")
     assert Catalog.objects.get(pk=catalog.pk).active_model_id == old.pk
     assert job.status == "failed" and "effnet-lite0-dense" in job.error
