@@ -69,8 +69,7 @@ def image_index(*, image_id: int, task_id: str = "", retry: bool = False) -> Cat
             break
         Catalog.objects.filter(pk=image.catalog_id, active_model__isnull=True).update(active_model=model)
         catalogs.catalog_request_augmentation(catalog_id=image.catalog_id)
-    image.refresh_from_db()
-    return image
+    return CatalogImage.objects.filter(pk=image_id).first()  # None when deleted meanwhile
 
 
 def image_near_duplicate(
@@ -171,7 +170,13 @@ def _extract_and_store(
         logger.exception("extraction failed for image %s", image.pk)
         image_fail(image, f"Feature extraction failed: {type(exc).__name__}: {exc}")
         return False
-    descriptor_store(image=image, model=model, features=features, codec=extractor.codec)
+    # The image row is locked while its descriptor is written: a deletion meanwhile
+    # (which would fail the insert on its foreign key) either waits or is seen here.
+    with transaction.atomic():
+        if not CatalogImage.objects.select_for_update().filter(pk=image.pk).exists():
+            logger.info("image %s was deleted while it was extracted", image.pk)
+            return False
+        descriptor_store(image=image, model=model, features=features, codec=extractor.codec)
     if not image.thumbnail.name:
         _thumbnail_store(image=image, rgb=rgb)
     flag = (

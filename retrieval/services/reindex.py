@@ -70,7 +70,7 @@ def reindex_run(*, job_id: int, task_id: str = "") -> ReindexJob | None:
         raise
     except Exception as exc:
         logger.exception("reindex job %s failed", job_id)
-        ReindexJob.objects.filter(pk=job.pk).update(
+        ReindexJob.objects.filter(pk=job.pk, claimed_by=task_id).update(
             status=ReindexJob.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now(),
             claimed_by="", claimed_at=None,
         )  # fmt: skip

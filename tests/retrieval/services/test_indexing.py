@@ -1,5 +1,5 @@
-"""Indexing claims: an image another live task works on is not indexed twice, and one
-whose extractor cannot be built fails with the reason."""
+"""Indexing claims: an image another live task works on is not indexed twice, one whose
+extractor cannot be built fails with the reason, and one deleted meanwhile gets no row."""
 
 from __future__ import annotations
 
@@ -44,3 +44,21 @@ def test_an_image_whose_extractor_cannot_be_built_fails_with_the_reason_instead_
     failed = CatalogImage.objects.get(pk=image.pk)
     assert failed.status == "failed" and failed.claimed_by == ""
     assert failed.failure_reason.startswith("The feature extractor could not be loaded: FileNotFoundError")
+
+
+def test_a_photo_deleted_while_it_is_extracted_gets_no_descriptor_row(real_photos, monkeypatch) -> None:
+    from retrieval.models import ImageDescriptor
+    from retrieval.services import ingest
+
+    image = services.image_ingest(
+        catalog=CatalogFactory(), data=encode(real_photos["rocket"]), filename="r.jpg", enqueue=False
+    ).image
+    decode = ingest.image_decode
+
+    def deleted_meanwhile(**kwargs: object) -> object:
+        CatalogImage.objects.filter(pk=image.pk).delete()
+        return decode(**kwargs)
+
+    monkeypatch.setattr(ingest, "image_decode", deleted_meanwhile)
+    assert services.image_index(image_id=image.pk, task_id="task-1") is None
+    assert not ImageDescriptor.objects.filter(image_id=image.pk).exists()

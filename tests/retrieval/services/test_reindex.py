@@ -1,5 +1,6 @@
-"""Reindex jobs resume after their worker died, fail an image that keeps killing it, and
-switch a catalog to the new model only when nothing it serves would be lost."""
+"""Reindex jobs resume after their worker died, fail an image that keeps killing it, skip
+one deleted meanwhile, and switch a catalog to the new model only when nothing it serves
+would be lost."""
 
 from __future__ import annotations
 
@@ -129,3 +130,31 @@ def test_a_reindex_does_not_switch_a_catalog_that_was_given_another_extractor_me
     job = _reindexed(catalog, "t1")
     assert Catalog.objects.get(pk=catalog.pk).active_model_id == old.pk
     assert job.status == "failed" and "effnet-lite0-dense" in job.error
+
+
+def test_a_photo_deleted_while_the_reindex_extracts_it_is_skipped(real_photos, monkeypatch) -> None:
+    from retrieval.models import ImageDescriptor
+    from retrieval.services import indexing
+
+    catalog = CatalogFactory()
+    images = {}
+    for name in ("rocket", "coffee"):
+        images[name] = services.image_ingest(
+            catalog=catalog, data=encode(real_photos[name]), filename=f"{name}.jpg", enqueue=False
+        ).image
+        services.image_index(image_id=images[name].pk)
+    extract = indexing.image_extract
+
+    def coffee_deleted_meanwhile(*, image: CatalogImage, extractor: object, model: object) -> bool:
+        if image.pk == images["coffee"].pk:
+            CatalogImage.objects.filter(pk=image.pk).delete()
+        return extract(image=image, extractor=extractor, model=model)
+
+    monkeypatch.setattr(indexing, "image_extract", coffee_deleted_meanwhile)
+    from retrieval.models import ReindexJob
+
+    job = ReindexJob.objects.create(catalog=catalog)
+    services.reindex_run(job_id=job.pk, task_id="t1")
+    job.refresh_from_db()
+    assert job.status == "done" and job.processed == 2
+    assert not ImageDescriptor.objects.filter(image_id=images["coffee"].pk).exists()
