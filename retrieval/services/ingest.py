@@ -203,20 +203,19 @@ def image_delete(*, image_id: int) -> bool:
     image = CatalogImage.objects.select_related("catalog").filter(pk=image_id).first()
     if image is None:
         return False
-    files = [field.name for field in (image.file, image.thumbnail) if field]
-    storage = image.file.storage
-    with transaction.atomic():
+    with transaction.atomic():  # the files go once this commits (retrieval/signals.py)
         augmentation.descriptors_touch_neighbours(image=image)
         image.delete()
         catalogs.catalog_request_augmentation(catalog_id=image.catalog_id)
-        # Files go only once the row is gone for good: a rollback keeps a working image.
-        transaction.on_commit(lambda: _delete_files(storage, files))
     logger.info("deleted catalog image %s (%s) from catalog %s", image_id, image.original_name, image.catalog_id)
     return True
 
 
-def _delete_files(storage: object, names: list[str]) -> None:
+def stored_files_delete(*, storage: object, names: list[str]) -> None:
+    """Delete stored files by name (a missing one is skipped, a failure logged)."""
     for name in names:
+        if not name:
+            continue
         try:
             storage.delete(name)  # type: ignore[attr-defined]
         except OSError:

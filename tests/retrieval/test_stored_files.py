@@ -1,4 +1,5 @@
-"""Uploaded photos are stored and served by their decoded format, never as a page."""
+"""Uploaded photos are stored and served by their decoded format, never as a page, and go
+with their rows, however those are deleted."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from django.test import Client
 from django.utils import timezone
 
 from retrieval import services
-from retrieval.models import SearchQuery
+from retrieval.models import CatalogImage, SearchQuery
 from tests.conftest import encode, load_photo
 from tests.factories import CatalogFactory, CatalogImageFactory
 
@@ -31,7 +32,11 @@ def _search(client: Client, data: bytes, name: str) -> dict:
 
 
 def _headers_and_body(response) -> str:
-    return " ".join(f"{k}: {v}" for k, v in response.headers.items()) + " " + b"".join(response.streaming_content).decode("latin-1")
+    return (
+        " ".join(f"{k}: {v}" for k, v in response.headers.items())
+        + " "
+        + b"".join(response.streaming_content).decode("latin-1")
+    )
 
 
 def test_a_png_uploaded_as_evil_html_is_stored_and_served_as_png(client: Client, catalog) -> None:
@@ -84,3 +89,24 @@ def test_an_upload_in_an_unsupported_format_gets_415(client: Client, catalog) ->
     response = client.post("/api/search", {"image": upload, "wait": "0"})
     assert response.status_code == 415
     assert SearchQuery.objects.count() == 0
+
+
+def test_deleting_a_catalog_deletes_its_photos_thumbnails_and_query_photos(
+    real_photos, django_capture_on_commit_callbacks
+) -> None:
+    from django.core.files.storage import default_storage
+
+    from retrieval.services import thumbnails
+
+    catalog = CatalogFactory()
+    image = services.image_ingest(
+        catalog=catalog, data=encode(real_photos["rocket"]), filename="r.jpg", enqueue=False
+    ).image
+    thumbnail = default_storage.save(thumbnails.thumbnail_name(image=image), ContentFile(b"thumbnail"))
+    CatalogImage.objects.filter(pk=image.pk).update(status=CatalogImage.Status.INDEXED)
+    query = services.search_create(catalog=catalog, data=encode(real_photos["coffee"]), filename="q.jpg", enqueue=False)
+    names = [image.file.name, thumbnail, query.image.name]
+    assert all(default_storage.exists(name) for name in names)
+    with django_capture_on_commit_callbacks(execute=True):
+        catalog.delete()  # the admin's delete: the rows go by cascade
+    assert not any(default_storage.exists(name) for name in names)
