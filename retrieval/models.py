@@ -257,7 +257,11 @@ class ImageDescriptor(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["image", "model"], name="descriptor_unique_image_model")]
-        indexes = [models.Index(fields=["model", "catalog"], name="descriptor_model_catalog")]
+        indexes = [
+            models.Index(fields=["model", "catalog"], name="descriptor_model_catalog"),
+            # The sweep's "changed since the last DBA refresh" test (recovery.py).
+            models.Index(fields=["catalog", "updated_at"], name="descriptor_catalog_updated"),
+        ]
 
 
 class DescriptorAugmentation(models.Model):

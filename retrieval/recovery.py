@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from celery import Task
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from retrieval import services, tasks
@@ -116,20 +116,31 @@ def _queue_is_empty(queue: str) -> bool:
         return False
 
 
+def stale_augmentations() -> QuerySet[Catalog]:
+    """Catalogs with descriptors newer than their last DBA refresh and none requested,
+    leaving out those still indexing (their own request follows the import)."""
+    busy = CatalogImage.objects.filter(
+        catalog=OuterRef("pk"), status__in=[CatalogImage.Status.PENDING, CatalogImage.Status.PROCESSING]
+    )
+    # The catalog's newest row by one index probe (descriptor_catalog_updated): this runs
+    # every LANDMARKS_SWEEP_SECONDS and must not read a large catalog's rows (bench/README.md).
+    latest = ImageDescriptor.objects.filter(catalog=OuterRef("pk")).order_by("-updated_at").values("updated_at")[:1]
+    changed = Q(latest__gt=F("augmented_at")) | Q(augmented_at__isnull=True, latest__isnull=False)
+    return (
+        Catalog.objects.filter(augment_pending=False)
+        .annotate(latest=Subquery(latest))
+        .filter(changed)
+        .exclude(Exists(busy))
+    )
+
+
 def _request_stale_augmentations() -> int:
     """Ask for a DBA refresh of catalogs with descriptors newer than their last one (a
     refresh lost to a fault); catalogs still indexing are left to their own request."""
     if settings.LANDMARKS_DBA_NEIGHBOURS <= 1:
         return 0
-    busy = CatalogImage.objects.filter(
-        catalog=OuterRef("pk"), status__in=[CatalogImage.Status.PENDING, CatalogImage.Status.PROCESSING]
-    )
-    newer = ImageDescriptor.objects.filter(catalog=OuterRef("pk")).filter(
-        Q(updated_at__gt=OuterRef("augmented_at")) | Q(catalog__augmented_at__isnull=True)
-    )
-    stale = Catalog.objects.filter(augment_pending=False).filter(Exists(newer)).exclude(Exists(busy))
     count = 0
-    for catalog_id in stale.values_list("pk", flat=True):
+    for catalog_id in stale_augmentations().values_list("pk", flat=True):
         services.catalog_request_augmentation(catalog_id=catalog_id)
         count += 1
     # A request whose task was lost (a broker restart, or the process killed between its

@@ -82,6 +82,14 @@ def test_the_sweep_requests_an_augmentation_lost_to_a_fault() -> None:
     assert recovery.work_sweep().augmentations == 0  # requested once
 
 
+def test_the_sweep_requests_a_first_augmentation_only_for_a_catalog_with_rows() -> None:
+    empty, filled = CatalogFactory(), CatalogFactory()
+    ImageDescriptorFactory(image=CatalogImageFactory(catalog=filled))
+    Catalog.objects.update(augment_pending=False, augmented_at=None)
+    assert recovery.work_sweep().augmentations == 1
+    assert Catalog.objects.get(pk=filled.pk).augment_pending and not Catalog.objects.get(pk=empty.pk).augment_pending
+
+
 def test_the_sweep_sends_again_an_augmentation_request_whose_task_was_lost(settings) -> None:
     catalog = CatalogFactory()
     ImageDescriptorFactory(image=CatalogImageFactory(catalog=catalog))
