@@ -57,8 +57,7 @@ def image_index(*, image_id: int, task_id: str = "", retry: bool = False) -> Cat
         logger.exception("could not build the feature extractor for image %s", image_id)
         if queueing.claim(CatalogImage, image_id, task_id=task_id, busy=CatalogImage.Status.PROCESSING, retry=retry):
             image_fail(image, f"The feature extractor could not be loaded: {type(exc).__name__}: {exc}")
-        image.refresh_from_db()
-        return image
+        return CatalogImage.objects.filter(pk=image_id).first()
     if not work:
         return image
     if not queueing.claim(CatalogImage, image_id, task_id=task_id, busy=CatalogImage.Status.PROCESSING, retry=retry):
@@ -172,8 +171,9 @@ def _extract_and_store(
         return False
     # The image row is locked while its descriptor is written: a deletion meanwhile
     # (which would fail the insert on its foreign key) either waits or is seen here.
+    # ``image_delete`` takes the same lock first, so the two never deadlock.
     with transaction.atomic():
-        if not CatalogImage.objects.select_for_update().filter(pk=image.pk).exists():
+        if not CatalogImage.objects.select_for_update(no_key=True).filter(pk=image.pk).exists():
             logger.info("image %s was deleted while it was extracted", image.pk)
             return False
         descriptor_store(image=image, model=model, features=features, codec=extractor.codec)

@@ -204,6 +204,9 @@ def image_delete(*, image_id: int) -> bool:
     if image is None:
         return False
     with transaction.atomic():  # the files go once this commits (retrieval/signals.py)
+        # The image row first, as a worker storing its descriptor locks it: no deadlock.
+        if not CatalogImage.objects.select_for_update().filter(pk=image_id).exists():
+            return False
         augmentation.descriptors_touch_neighbours(image=image)
         image.delete()
         catalogs.catalog_request_augmentation(catalog_id=image.catalog_id)

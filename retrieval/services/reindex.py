@@ -155,8 +155,9 @@ def _catalog_switch(step: _Step) -> str:
         return ""
     if catalogs.catalog_extractor_spec(catalog=catalog) != step.spec:
         return f"catalog {catalog.name} now asks for {catalogs.catalog_extractor_spec(catalog=catalog)}; not switched to {step.model}"
-    served = ImageDescriptor.objects.filter(catalog=catalog, model_id=catalog.active_model_id)
-    missing = served.exclude(image_id__in=ImageDescriptor.objects.filter(model=step.model).values("image_id")).count()
+    rows = ImageDescriptor.objects.filter(catalog=catalog)
+    renewed = rows.filter(model=step.model).values("image_id")
+    missing = rows.filter(model_id=catalog.active_model_id).exclude(image_id__in=renewed).count()
     if missing:
         return (
             f"{missing} photos of catalog {catalog.name} failed with {step.model}; it keeps {catalog.active_model}"
